@@ -1,0 +1,327 @@
+/* Autograd: nodes recorded by ops, backward in reverse creation order, graph freed after use.
+ *
+ * Each op that needs grad creates an ml_node holding its inputs (retained, so the graph stays
+ * alive as long as its outputs do) and saved tensors with their storage versions. Outputs point
+ * to their node. backward() collects the nodes reachable from the root, orders them by creation
+ * sequence (a topological order, newest first), and calls each node's rule; gradients accumulate
+ * per node output, and for leaves into .grad (un-broadcast by the op rules). */
+#include "ml_tensor.h"
+#include "ml_iter.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local int g_grad_disabled; /* 0 = enabled (default) */
+static _Atomic uint64_t g_seq;
+
+bool ml_grad_enabled(void) { return !g_grad_disabled; }
+bool ml_set_grad_enabled(bool on) {
+    bool prev = !g_grad_disabled;
+    g_grad_disabled = !on;
+    return prev;
+}
+
+bool ml_needs_grad(int n, ml_tensor *const *ts) {
+    if (g_grad_disabled) return false;
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->requires_grad) return true;
+    return false;
+}
+
+ml_node *ml_node_new(const char *name, ml_backward_fn fn, int nin, ml_tensor *const *ts) {
+    if (nin > ML_NODE_MAX_IN) { ml_seterr(ML_ERR_INTERNAL, "%s: too many autograd inputs (%d)", name, nin); return NULL; }
+    ml_node *n = calloc(1, sizeof *n);
+    if (!n) { ml_seterr(ML_ERR_OOM, "%s: out of memory (autograd node)", name); return NULL; }
+    n->refcount = 1;
+    n->name = name;
+    n->backward = fn;
+    n->seq = atomic_fetch_add(&g_seq, 1) + 1;
+    n->nin = nin;
+    for (int i = 0; i < nin; i++) {
+        ml_tensor *t = ts[i];
+        if (!t) continue;
+        n->in_ndim[i] = t->ndim;
+        n->in_dtype[i] = t->dtype;
+        memcpy(n->in_shape[i], t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        if (t->requires_grad) {
+            n->needs[i] = true;
+            n->in[i] = t;
+            ml_tensor_retain(t);
+        }
+    }
+    return n;
+}
+
+int ml_node_save(ml_node *n, ml_tensor *t) {
+    if (n->nsaved >= ML_NODE_MAX_SAVED) { ml_seterr(ML_ERR_INTERNAL, "%s: too many saved tensors", n->name); return -1; }
+    int k = n->nsaved++;
+    n->saved[k] = t;
+    if (t) {
+        ml_tensor_retain(t);
+        n->saved_version[k] = t->storage->version;
+    }
+    return k;
+}
+
+ml_tensor *ml_node_saved(ml_node *n, int k) {
+    if (k < 0 || k >= n->nsaved) { ml_seterr(ML_ERR_INTERNAL, "%s: no saved tensor %d", n->name, k); return NULL; }
+    ml_tensor *t = n->saved[k];
+    if (t && t->storage->version != n->saved_version[k]) {
+        ml_seterr(ML_ERR_GRAD,
+                  "%s backward: a tensor of shape %s saved for backward was modified in place (version %u, saved "
+                  "at %u); use a copy (clone) before changing it",
+                  n->name, ml_shape_str(t->ndim, t->shape), t->storage->version, n->saved_version[k]);
+        return NULL;
+    }
+    return t;
+}
+
+void ml_node_set_output(ml_node *n, int k, ml_tensor *out) {
+    if (out->grad_fn) ml_node_release(out->grad_fn);
+    out->grad_fn = n;
+    out->grad_fn_out = (int8_t)k;
+    out->requires_grad = true;
+    __atomic_add_fetch(&n->refcount, 1, __ATOMIC_RELAXED);
+    if (k + 1 > n->nout) n->nout = k + 1;
+    n->out_ndim[k] = out->ndim;
+    n->out_dtype[k] = out->dtype;
+    memcpy(n->out_shape[k], out->shape, sizeof(int64_t) * (size_t)out->ndim);
+}
+
+/* Drop what the node holds (inputs, saved tensors, context); the node itself stays while outputs
+ * point at it. */
+static void node_free_graph(ml_node *n) {
+    for (int i = 0; i < n->nin; i++) { ml_tensor_release(n->in[i]); n->in[i] = NULL; }
+    for (int i = 0; i < n->nsaved; i++) { ml_tensor_release(n->saved[i]); n->saved[i] = NULL; }
+    for (int k = 0; k < ML_NODE_MAX_OUT; k++) { ml_tensor_release(n->gout[k]); n->gout[k] = NULL; }
+    if (n->ctx && n->ctx_free) n->ctx_free(n->ctx);
+    n->ctx = NULL;
+    n->freed = true;
+}
+
+void ml_node_release(ml_node *n) {
+    if (!n || __atomic_sub_fetch(&n->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+    /* Releasing inputs may release their nodes: iterative to keep deep graphs off the C stack. */
+    ml_node **stack = NULL;
+    size_t sp = 0, cap = 0;
+    ml_node *cur = n;
+    for (;;) {
+        for (int i = 0; i < cur->nin; i++) {
+            ml_tensor *t = cur->in[i];
+            cur->in[i] = NULL;
+            if (!t) continue;
+            /* If this is the last reference to t, detach its node and defer its release. */
+            if (__atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE) == 1 && t->grad_fn) {
+                ml_node *g = t->grad_fn;
+                t->grad_fn = NULL;
+                if (__atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+                    if (sp == cap) {
+                        cap = cap ? cap * 2 : 64;
+                        ml_node **ns = realloc(stack, cap * sizeof *ns);
+                        if (!ns) { /* fall back to recursion for this one */
+                            g->refcount = 1;
+                            ml_tensor_release(t);
+                            ml_node_release(g);
+                            continue;
+                        }
+                        stack = ns;
+                    }
+                    stack[sp++] = g;
+                }
+            }
+            ml_tensor_release(t);
+        }
+        node_free_graph(cur);
+        free(cur);
+        if (!sp) break;
+        cur = stack[--sp];
+    }
+    free(stack);
+}
+
+ml_err ml_record(const char *name, ml_backward_fn fn, int nin, ml_tensor *const *ts, ml_tensor *out,
+                 ml_node **node_out) {
+    if (node_out) *node_out = NULL;
+    if (!ml_needs_grad(nin, ts)) return ML_OK;
+    ml_node *n = ml_node_new(name, fn, nin, ts);
+    if (!n) return ML_ERR_OOM;
+    ml_node_set_output(n, 0, out);
+    ml_node_release(n); /* the output holds it now */
+    if (node_out) *node_out = n;
+    return ML_OK;
+}
+
+ml_err ml_set_requires_grad(ml_tensor *t, bool on) {
+    if (on && !ml_dtype_is_float((ml_dtype)t->dtype))
+        return ml_seterr(ML_ERR_DTYPE, "requires_grad: only floating point tensors can require gradients, got %s",
+                         ml_dtype_name((ml_dtype)t->dtype));
+    if (!on && t->grad_fn)
+        return ml_seterr(ML_ERR_GRAD, "requires_grad: cannot turn off requires_grad of a non-leaf tensor; use detach()");
+    t->requires_grad = on;
+    return ML_OK;
+}
+
+ml_err ml_accumulate(ml_tensor **slot, ml_tensor *g) {
+    if (!*slot) {
+        /* take a private copy so later in-place accumulation never aliases an op's output */
+        ml_tensor *c;
+        ml_err e = ml_clone(&c, g);
+        if (e) return e;
+        c->requires_grad = false;
+        *slot = c;
+        return ML_OK;
+    }
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e = ml_binary_(ML_ADD, *slot, g);
+    ml_set_grad_enabled(prev);
+    return e;
+}
+
+static int cmp_seq_desc(const void *a, const void *b) {
+    const ml_node *x = *(ml_node *const *)a, *y = *(ml_node *const *)b;
+    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+}
+
+static ml_err grad_shape_check(const char *what, ml_tensor *g, int ndim, const int64_t *shape) {
+    bool ok = g->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = g->shape[i] == shape[i];
+    if (!ok)
+        return ml_seterr(ML_ERR_GRAD, "%s: gradient has shape %s but the tensor has shape %s", what,
+                         ml_shape_str(g->ndim, g->shape), ml_shape_str(ndim, shape));
+    return ML_OK;
+}
+
+ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
+    if (!root->requires_grad)
+        return ml_seterr(ML_ERR_GRAD, "backward: tensor of shape %s does not require grad and has no grad_fn",
+                         ml_shape_str(root->ndim, root->shape));
+    ml_tensor *g0 = NULL;
+    ml_err e = ML_OK;
+    if (grad) {
+        if ((e = grad_shape_check("backward", grad, root->ndim, root->shape))) return e;
+        ml_tensor_retain(grad);
+        g0 = grad;
+    } else {
+        if (ml_tensor_numel(root) != 1)
+            return ml_seterr(ML_ERR_GRAD,
+                             "backward: grad can be implicitly created only for a one-element tensor, this one has "
+                             "shape %s; pass a gradient",
+                             ml_shape_str(root->ndim, root->shape));
+        if ((e = ml_ones(&g0, (ml_dtype)root->dtype, root->ndim, root->shape))) return e;
+    }
+    bool prev = ml_set_grad_enabled(false);
+
+    if (!root->grad_fn) { /* a leaf */
+        e = ml_accumulate(&root->grad, g0);
+        ml_tensor_release(g0);
+        ml_set_grad_enabled(prev);
+        return e;
+    }
+
+    /* collect reachable nodes */
+    size_t cap = 256, nn = 0, sp = 0;
+    ml_node **nodes = malloc(cap * sizeof *nodes), **stack = malloc(cap * sizeof *stack);
+    size_t scap = cap;
+    static _Atomic uint32_t mark_gen;
+    uint32_t mark = atomic_fetch_add(&mark_gen, 1) + 1;
+    if (!nodes || !stack) { e = ml_seterr(ML_ERR_OOM, "backward: out of memory"); goto done; }
+    if (root->grad_fn->freed) {
+        e = ml_seterr(ML_ERR_GRAD, "backward: the graph behind this tensor (op %s) was already freed by an earlier "
+                                   "backward; pass retain_graph=true the first time",
+                      root->grad_fn->name);
+        goto done;
+    }
+    stack[sp++] = root->grad_fn;
+    root->grad_fn->visit_mark = mark;
+    while (sp) {
+        ml_node *n = stack[--sp];
+        if (nn == cap) {
+            cap *= 2;
+            ml_node **t = realloc(nodes, cap * sizeof *t);
+            if (!t) { e = ml_seterr(ML_ERR_OOM, "backward: out of memory"); goto done; }
+            nodes = t;
+        }
+        nodes[nn++] = n;
+        for (int i = 0; i < n->nin; i++) {
+            ml_tensor *t = n->in[i];
+            if (!t || !t->grad_fn || t->grad_fn->visit_mark == mark) continue;
+            if (t->grad_fn->freed) {
+                e = ml_seterr(ML_ERR_GRAD, "backward: part of the graph (op %s) was already freed by an earlier backward",
+                              t->grad_fn->name);
+                goto done;
+            }
+            t->grad_fn->visit_mark = mark;
+            if (sp == scap) {
+                scap *= 2;
+                ml_node **s2 = realloc(stack, scap * sizeof *s2);
+                if (!s2) { e = ml_seterr(ML_ERR_OOM, "backward: out of memory"); goto done; }
+                stack = s2;
+            }
+            stack[sp++] = t->grad_fn;
+        }
+    }
+    qsort(nodes, nn, sizeof *nodes, cmp_seq_desc);
+
+    /* seed */
+    {
+        ml_node *rn = root->grad_fn;
+        e = ml_accumulate(&rn->gout[root->grad_fn_out], g0);
+        if (e) goto done;
+        if (root->retain_grad && (e = ml_accumulate(&root->grad, g0))) goto done;
+    }
+    for (size_t k = 0; k < nn; k++) {
+        ml_node *n = nodes[k];
+        bool any = false;
+        for (int o = 0; o < n->nout; o++) any |= n->gout[o] != NULL;
+        if (!any) continue;
+        if (!n->backward) {
+            e = ml_seterr(ML_ERR_GRAD, "backward: op %s has no backward rule", n->name);
+            goto done;
+        }
+        ml_tensor *gin[ML_NODE_MAX_IN] = {0};
+        e = n->backward(n, n->gout, gin);
+        if (e) {
+            for (int i = 0; i < n->nin; i++) ml_tensor_release(gin[i]);
+            /* prefix the op name if the rule did not */
+            if (!strstr(ml_errmsg(), n->name)) {
+                char buf[900];
+                snprintf(buf, sizeof buf, "%s", ml_errmsg());
+                ml_seterr(e, "%s backward: %s", n->name, buf);
+            }
+            goto done;
+        }
+        for (int o = 0; o < ML_NODE_MAX_OUT; o++) { ml_tensor_release(n->gout[o]); n->gout[o] = NULL; }
+        for (int i = 0; i < n->nin && !e; i++) {
+            ml_tensor *t = n->in[i];
+            ml_tensor *g = gin[i];
+            if (!g) continue;
+            if (t && n->needs[i]) {
+                e = grad_shape_check(n->name, g, t->ndim, t->shape);
+                if (!e) {
+                    if (t->grad_fn) {
+                        e = ml_accumulate(&t->grad_fn->gout[t->grad_fn_out], g);
+                        if (!e && t->retain_grad) e = ml_accumulate(&t->grad, g);
+                    } else {
+                        e = ml_accumulate(&t->grad, g);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < n->nin; i++) ml_tensor_release(gin[i]);
+        if (e) goto done;
+    }
+
+done:
+    for (size_t k = 0; k < nn; k++) {
+        ml_node *n = nodes[k];
+        for (int o = 0; o < ML_NODE_MAX_OUT; o++) { ml_tensor_release(n->gout[o]); n->gout[o] = NULL; }
+        if (!retain_graph && !e) node_free_graph(n);
+    }
+    free(nodes);
+    free(stack);
+    ml_tensor_release(g0);
+    ml_set_grad_enabled(prev);
+    return e;
+}
