@@ -244,6 +244,8 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
             nodes = t;
         }
         nodes[nn++] = n;
+        __atomic_add_fetch(&n->refcount, 1, __ATOMIC_RELAXED); /* held until the end: freeing the graph
+                                                                   releases inputs that may own nodes */
         for (int i = 0; i < n->nin; i++) {
             ml_tensor *t = n->in[i];
             if (!t || !t->grad_fn || t->grad_fn->visit_mark == mark) continue;
@@ -319,6 +321,7 @@ done:
         for (int o = 0; o < ML_NODE_MAX_OUT; o++) { ml_tensor_release(n->gout[o]); n->gout[o] = NULL; }
         if (!retain_graph && !e) node_free_graph(n);
     }
+    for (size_t k = 0; k < nn; k++) ml_node_release(nodes[k]);
     free(nodes);
     free(stack);
     ml_tensor_release(g0);
