@@ -1,0 +1,592 @@
+/* Normalization: batch_norm, instance_norm, group_norm, layer_norm (forward + closed-form backward).
+ *
+ * Layout. x is viewed as [N, C, S] (S = product of the spatial dims): every (n, c) pair is one
+ * contiguous "segment" of S elements. A statistics group is a set of segments:
+ *   batch norm:    group c      = segments (*, c)                (M = N*S elements)
+ *   instance norm: group (n, c) = segment (n, c)                 (M = S)
+ *   group norm:    group (n, g) = segments (n, g*C/G .. )        (M = C/G*S)
+ * Layer norm views x as [R, K] (K = product of the last nnorm dims); each row is one group.
+ *
+ * Statistics are accumulated in double over fixed chunks of NN_CHUNK elements (per-chunk mean and
+ * sum of squared deviations, merged in a fixed order with Chan's formula), so results are
+ * deterministic and independent of the thread count. Kernels are written once for T = float and
+ * T = double (this file includes itself with ML_NORM_GEN defined).
+ */
+#ifndef ML_NORM_GEN
+#include "ml_nn_util.h"
+
+#include <math.h>
+
+static void chan_merge(double *n, double *mean, double *m2, double nb, double mb, double m2b) {
+    if (nb == 0) return;
+    if (*n == 0) { *n = nb; *mean = mb; *m2 = m2b; return; }
+    double nn = *n + nb, d = mb - *mean;
+    *mean += d * nb / nn;
+    *m2 += m2b + d * d * *n * nb / nn;
+    *n = nn;
+}
+
+static int64_t nchunks(int64_t L) { return L > 0 ? (L + NN_CHUNK - 1) / NN_CHUNK : 1; }
+
+#define ML_NORM_GEN
+#define T float
+#define S(name) name##_f32
+#include "ml_norm.c"
+#undef T
+#undef S
+#define T double
+#define S(name) name##_f64
+#include "ml_norm.c"
+#undef T
+#undef S
+#undef ML_NORM_GEN
+
+/* ------------------------------------------------------------------ segment norms (BN/IN/GN) */
+enum { NK_BATCH, NK_INSTANCE, NK_GROUP };
+
+typedef struct {
+    int kind;
+    int64_t N, C, S, G;   /* G: groups per sample (group norm) */
+    bool const_stats;     /* batch norm in eval mode: statistics are constants */
+    bool has_w;
+    int slot_x, slot_mean, slot_rstd, slot_w;
+} segnorm_params;
+_Static_assert(sizeof(segnorm_params) <= ML_NODE_PARAM_BYTES, "params");
+
+static const char *kind_name(int kind) {
+    return kind == NK_BATCH ? "batch_norm" : kind == NK_INSTANCE ? "instance_norm" : "group_norm";
+}
+
+/* number of statistic groups, the group of segment (n, c), elements per group */
+static int64_t seg_ngroups(const segnorm_params *p) {
+    return p->kind == NK_BATCH ? p->C : p->kind == NK_INSTANCE ? p->N * p->C : p->N * p->G;
+}
+static int64_t seg_group(const segnorm_params *p, int64_t n, int64_t c) {
+    return p->kind == NK_BATCH ? c : p->kind == NK_INSTANCE ? n * p->C + c : n * p->G + c / (p->C / p->G);
+}
+static double seg_count(const segnorm_params *p) {
+    return p->kind == NK_BATCH ? (double)(p->N * p->S)
+           : p->kind == NK_INSTANCE ? (double)p->S : (double)(p->C / p->G * p->S);
+}
+
+static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const segnorm_params *p = (const segnorm_params *)n->params;
+    const char *op = kind_name(p->kind);
+    ml_tensor *x = ml_node_saved(n, p->slot_x), *tm = ml_node_saved(n, p->slot_mean),
+              *tr = ml_node_saved(n, p->slot_rstd), *tw = p->has_w ? ml_node_saved(n, p->slot_w) : NULL;
+    if (!x || !tm || !tr || (p->has_w && !tw)) return ML_ERR_GRAD;
+    ml_dtype dt = (ml_dtype)x->dtype;
+    ml_tensor *g = NULL;
+    ml_err e = nn_contig_as(&g, gout[0], dt);
+    if (e) return e;
+    int64_t N = p->N, C = p->C, L = p->S, nseg = N * C, ng = seg_ngroups(p), nch = nchunks(L);
+    const double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr), *w = tw ? ml_tensor_data(tw) : NULL;
+    double *gs = malloc(sizeof(double) * (size_t)(2 * nseg * nch + 3 * nseg + 2 * ng + 2 * C + 8));
+    if (!gs) { ml_tensor_release(g); return ml_seterr(ML_ERR_OOM, "%s backward: out of memory", op); }
+    double *part = gs, *segg = part + 2 * nseg * nch, *segd = segg + nseg, *mu_seg = segd + nseg;
+    double *ga = mu_seg + nseg, *gb = ga + ng, *dw = gb + ng, *db = dw + C;
+    for (int64_t s = 0; s < nseg; s++) mu_seg[s] = mean[seg_group(p, s / C, s % C)];
+    if (dt == ML_F32) seg_gsums_f32(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
+    else seg_gsums_f64(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
+    for (int64_t s = 0; s < nseg; s++) {
+        double a = 0, b = 0;
+        for (int64_t k = 0; k < nch; k++) { a += part[2 * (s * nch + k)]; b += part[2 * (s * nch + k) + 1]; }
+        segg[s] = a; /* sum g */
+        segd[s] = b; /* sum g*(x-mean) */
+    }
+    /* weight / bias grads: dbeta[c] = sum g, dgamma[c] = sum g*xhat */
+    for (int64_t c = 0; c < C; c++) { dw[c] = 0; db[c] = 0; }
+    for (int64_t s = 0; s < nseg; s++) {
+        int64_t c = s % C, gr = seg_group(p, s / C, c);
+        db[c] += segg[s];
+        dw[c] += rstd[gr] * segd[s];
+    }
+    ml_tensor *dx = NULL, *dwt = NULL, *dbt = NULL;
+    if (n->needs[0]) {
+        if (!(e = ml_tensor_empty(&dx, dt, x->ndim, x->shape))) {
+            /* dx = g*pp + x*qq + rr per segment */
+            double *pp = malloc(sizeof(double) * (size_t)(3 * nseg + 1));
+            if (!pp) e = ml_seterr(ML_ERR_OOM, "%s backward: out of memory", op);
+            else {
+                double *qq = pp + nseg, *rr = qq + nseg, M = seg_count(p);
+                for (int64_t gr = 0; gr < ng; gr++) { ga[gr] = 0; gb[gr] = 0; }
+                if (!p->const_stats) {
+                    for (int64_t s = 0; s < nseg; s++) {
+                        int64_t c = s % C, gr = seg_group(p, s / C, c);
+                        double wc = w ? w[c] : 1.0;
+                        ga[gr] += wc * segg[s];              /* sum dxhat */
+                        gb[gr] += wc * rstd[gr] * segd[s];   /* sum dxhat*xhat */
+                    }
+                }
+                for (int64_t s = 0; s < nseg; s++) {
+                    int64_t c = s % C, gr = seg_group(p, s / C, c);
+                    double wc = w ? w[c] : 1.0, r = rstd[gr], A = ga[gr] / M, B = gb[gr] / M;
+                    pp[s] = r * wc;
+                    if (p->const_stats) { qq[s] = 0; rr[s] = 0; }
+                    else {
+                        qq[s] = -r * r * B;
+                        rr[s] = mean[gr] * r * r * B - r * A;
+                    }
+                }
+                if (dt == ML_F32) seg_lin_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, pp, qq, rr);
+                else seg_lin_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, pp, qq, rr);
+                free(pp);
+            }
+        }
+    }
+    if (!e && n->nin > 1 && n->needs[1]) e = nn_from_doubles(&dwt, (ml_dtype)n->in_dtype[1], n->in_ndim[1], n->in_shape[1], dw);
+    if (!e && n->nin > 2 && n->needs[2]) e = nn_from_doubles(&dbt, (ml_dtype)n->in_dtype[2], n->in_ndim[2], n->in_shape[2], db);
+    free(gs);
+    ml_tensor_release(g);
+    if (e) { ml_tensor_release(dx); ml_tensor_release(dwt); ml_tensor_release(dbt); return e; }
+    gin[0] = dx;
+    if (n->nin > 1) gin[1] = dwt;
+    if (n->nin > 2) gin[2] = dbt;
+    return ML_OK;
+}
+
+static ml_err check_param_vec(const char *op, const char *what, const ml_tensor *t, int64_t C, const ml_tensor *x) {
+    if (!t) return ML_OK;
+    ml_err e = nn_check_real(op, what, t);
+    if (e) return e;
+    if (t->ndim != 1 || t->shape[0] != C)
+        return ml_seterr(ML_ERR_SHAPE, "%s: %s has shape %s, expected [%lld] for input of shape %s", op, what,
+                         ml_shape_str(t->ndim, t->shape), (long long)C, ml_shape_str(x->ndim, x->shape));
+    return ML_OK;
+}
+
+/* Shared driver for batch/instance/group norm. */
+static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_tensor *rmean, ml_tensor *rvar,
+                      ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps) {
+    *out = NULL;
+    const char *op = kind_name(kind);
+    ml_err e = nn_check_real(op, "input", x);
+    if (e) return e;
+    int minrank = kind == NK_INSTANCE ? 3 : 2;
+    if (x->ndim < minrank)
+        return ml_seterr(ML_ERR_SHAPE, "%s: expected input of rank >= %d ([N, C%s]), got shape %s", op, minrank,
+                         kind == NK_INSTANCE ? ", spatial..." : ", ...", ml_shape_str(x->ndim, x->shape));
+    segnorm_params p = {.kind = kind, .N = x->shape[0], .C = x->shape[1], .S = 1, .G = G};
+    for (int d = 2; d < x->ndim; d++) p.S *= x->shape[d];
+    if (kind == NK_GROUP && (G <= 0 || p.C % G != 0))
+        return ml_seterr(ML_ERR_ARG, "group_norm: number of groups %lld must be positive and divide the %lld channels "
+                         "(input shape %s)", (long long)G, (long long)p.C, ml_shape_str(x->ndim, x->shape));
+    if ((e = check_param_vec(op, "weight", weight, p.C, x)) || (e = check_param_vec(op, "bias", bias, p.C, x)))
+        return e;
+    if (kind == NK_BATCH) {
+        if ((e = check_param_vec(op, "running_mean", rmean, p.C, x)) ||
+            (e = check_param_vec(op, "running_var", rvar, p.C, x)))
+            return e;
+        if ((rmean == NULL) != (rvar == NULL))
+            return ml_seterr(ML_ERR_ARG, "batch_norm: running_mean and running_var must both be given or both be nil");
+        if (!training && !rmean)
+            return ml_seterr(ML_ERR_ARG, "batch_norm: running_mean and running_var are required in evaluation mode "
+                             "(input shape %s)", ml_shape_str(x->ndim, x->shape));
+        if (training && p.N * p.S == 1)
+            return ml_seterr(ML_ERR_SHAPE, "batch_norm: expected more than 1 value per channel when training, got input "
+                             "of shape %s", ml_shape_str(x->ndim, x->shape));
+    }
+    if (kind == NK_INSTANCE && p.S == 1)
+        return ml_seterr(ML_ERR_SHAPE, "instance_norm: expected more than 1 spatial element, got input of shape %s",
+                         ml_shape_str(x->ndim, x->shape));
+    if (!(eps >= 0)) return ml_seterr(ML_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
+    p.const_stats = kind == NK_BATCH && !training;
+
+    ml_tensor *xc = NULL, *y = NULL, *tm = NULL, *tr = NULL, *tw = NULL;
+    ml_dtype dt = (ml_dtype)x->dtype;
+    int64_t N = p.N, C = p.C, L = p.S, nseg = N * C, ng = seg_ngroups(&p), nch = nchunks(L);
+    double *buf = NULL;
+    if ((e = nn_contig(&xc, x))) return e;
+    if ((e = ml_tensor_empty(&y, dt, x->ndim, x->shape))) goto fail;
+    if ((e = ml_tensor_empty(&tm, ML_F64, 1, &ng)) || (e = ml_tensor_empty(&tr, ML_F64, 1, &ng))) goto fail;
+    buf = malloc(sizeof(double) * (size_t)(3 * nseg * nch + 2 * nseg + 2 * C + 8));
+    if (!buf) { e = ml_seterr(ML_ERR_OOM, "%s: out of memory", op); goto fail; }
+    double *part = buf, *sa = part + 3 * nseg * nch, *sb = sa + nseg, *w = sb + nseg, *b = w + C;
+    double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr);
+    for (int64_t c = 0; c < C; c++) { w[c] = 1; b[c] = 0; }
+    if (weight) nn_load_vec(weight, w, C);
+    if (bias) nn_load_vec(bias, b, C);
+
+    if (p.const_stats) {
+        nn_load_vec(rmean, mean, C);
+        nn_load_vec(rvar, rstd, C);
+        for (int64_t c = 0; c < C; c++) rstd[c] = 1.0 / sqrt(rstd[c] + eps);
+    } else {
+        if (dt == ML_F32) seg_stats_f32(ml_tensor_data(xc), nseg, L, nch, part);
+        else seg_stats_f64(ml_tensor_data(xc), nseg, L, nch, part);
+        double *gn = malloc(sizeof(double) * (size_t)(3 * ng + 1));
+        if (!gn) { e = ml_seterr(ML_ERR_OOM, "%s: out of memory", op); goto fail; }
+        double *gm = gn + ng, *gm2 = gm + ng;
+        for (int64_t gr = 0; gr < ng; gr++) { gn[gr] = 0; gm[gr] = 0; gm2[gr] = 0; }
+        /* merge in a fixed order: segments by (n, c), chunks in order */
+        for (int64_t s = 0; s < nseg; s++) {
+            int64_t gr = seg_group(&p, s / C, s % C);
+            for (int64_t k = 0; k < nch; k++) {
+                const double *q = part + 3 * (s * nch + k);
+                chan_merge(&gn[gr], &gm[gr], &gm2[gr], q[0], q[1], q[2]);
+            }
+        }
+        for (int64_t gr = 0; gr < ng; gr++) {
+            double var = gn[gr] > 0 ? gm2[gr] / gn[gr] : NAN;
+            mean[gr] = gn[gr] > 0 ? gm[gr] : NAN;
+            rstd[gr] = 1.0 / sqrt(var + eps);
+        }
+        if (kind == NK_BATCH && rmean) {
+            double M = (double)(N * L);
+            for (int64_t c = 0; c < C; c++) {
+                double unb = gm2[c] / (M - 1);
+                int64_t om = rmean->offset + c * rmean->stride[0], ov = rvar->offset + c * rvar->stride[0];
+                double rm = ml_load_elem(rmean->storage->data, (ml_dtype)rmean->dtype, om);
+                double rv = ml_load_elem(rvar->storage->data, (ml_dtype)rvar->dtype, ov);
+                ml_store_elem(rmean->storage->data, (ml_dtype)rmean->dtype, om, (1 - momentum) * rm + momentum * mean[c]);
+                ml_store_elem(rvar->storage->data, (ml_dtype)rvar->dtype, ov, (1 - momentum) * rv + momentum * unb);
+            }
+            ml_tensor_bump_version(rmean);
+            if (rvar->storage != rmean->storage) ml_tensor_bump_version(rvar);
+        }
+        free(gn);
+    }
+    /* y = x*sa + sb per segment */
+    for (int64_t s = 0; s < nseg; s++) {
+        int64_t c = s % C, gr = seg_group(&p, s / C, c);
+        sa[s] = rstd[gr] * w[c];
+        sb[s] = b[c] - mean[gr] * sa[s];
+    }
+    if (dt == ML_F32) seg_affine_f32(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
+    else seg_affine_f64(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
+
+    ml_tensor *ins[3] = {x, weight, bias};
+    if (ml_needs_grad(3, ins)) {
+        p.has_w = weight != NULL;
+        if (weight && (e = nn_from_doubles(&tw, ML_F64, 1, &C, w))) goto fail;
+        p.slot_x = 0; p.slot_mean = 1; p.slot_rstd = 2; p.slot_w = 3;
+        ml_tensor *saves[4] = {xc, tm, tr, tw};
+        if ((e = nn_record(op, bw_segnorm, 3, ins, &y, &p, sizeof p, weight ? 4 : 3, saves))) goto fail;
+    }
+    free(buf);
+    ml_tensor_release(xc); ml_tensor_release(tm); ml_tensor_release(tr); ml_tensor_release(tw);
+    *out = y;
+    return ML_OK;
+fail:
+    free(buf);
+    ml_tensor_release(xc); ml_tensor_release(y); ml_tensor_release(tm); ml_tensor_release(tr); ml_tensor_release(tw);
+    return e;
+}
+
+ml_err ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *running_mean, ml_tensor *running_var,
+                     ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps) {
+    return segnorm(out, NK_BATCH, x, 0, running_mean, running_var, weight, bias, training, momentum, eps);
+}
+
+ml_err ml_instance_norm(ml_tensor **out, ml_tensor *x, ml_tensor *weight, ml_tensor *bias, double eps) {
+    return segnorm(out, NK_INSTANCE, x, 0, NULL, NULL, weight, bias, true, 0, eps);
+}
+
+ml_err ml_group_norm(ml_tensor **out, ml_tensor *x, int64_t groups, ml_tensor *weight, ml_tensor *bias, double eps) {
+    return segnorm(out, NK_GROUP, x, groups, NULL, NULL, weight, bias, true, 0, eps);
+}
+
+/* ------------------------------------------------------------------------------ layer norm */
+typedef struct {
+    int64_t R, K;
+    bool has_w;
+} ln_params;
+_Static_assert(sizeof(ln_params) <= ML_NODE_PARAM_BYTES, "params");
+
+/* saved: 0 x (contiguous), 1 mean [R] f64, 2 rstd [R] f64, 3 weight (contiguous, x dtype) or NULL */
+static ml_err bw_layer_norm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const ln_params *p = (const ln_params *)n->params;
+    ml_tensor *x = ml_node_saved(n, 0), *tm = ml_node_saved(n, 1), *tr = ml_node_saved(n, 2);
+    ml_tensor *tw = p->has_w ? ml_node_saved(n, 3) : NULL;
+    if (!x || !tm || !tr || (p->has_w && !tw)) return ML_ERR_GRAD;
+    ml_dtype dt = (ml_dtype)x->dtype;
+    ml_tensor *g = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+    ml_err e = nn_contig_as(&g, gout[0], dt);
+    if (e) return e;
+    int64_t R = p->R, K = p->K, nch = nchunks(K);
+    const double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr);
+    double *buf = NULL;
+    if (n->needs[0]) {
+        buf = malloc(sizeof(double) * (size_t)(2 * R * nch + 3 * R + 1));
+        if (!buf) { e = ml_seterr(ML_ERR_OOM, "layer_norm backward: out of memory"); goto done; }
+        if ((e = ml_tensor_empty(&dx, dt, x->ndim, x->shape))) goto done;
+        double *part = buf, *pp = part + 2 * R * nch, *qq = pp + R, *rr = qq + R;
+        if (dt == ML_F32) ln_rowsums_f32(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, R, K, nch, mean, part);
+        else ln_rowsums_f64(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, R, K, nch, mean, part);
+        for (int64_t r = 0; r < R; r++) {
+            double A = 0, D = 0;
+            for (int64_t k = 0; k < nch; k++) { A += part[2 * (r * nch + k)]; D += part[2 * (r * nch + k) + 1]; }
+            /* dx = rstd*(g*w - A/K) - rstd^3*D/K*(x-mean) */
+            double s = rstd[r];
+            pp[r] = s;
+            qq[r] = -s * s * s * D / (double)K;
+            rr[r] = -s * A / (double)K - qq[r] * mean[r];
+        }
+        if (dt == ML_F32) ln_dx_f32(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, pp, qq, rr);
+        else ln_dx_f64(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, pp, qq, rr);
+    }
+    bool need_w = n->needs[1], need_b = n->needs[2];
+    if (need_w || need_b) {
+        double *acc = malloc(sizeof(double) * (size_t)(2 * K + 1));
+        if (!acc) { e = ml_seterr(ML_ERR_OOM, "layer_norm backward: out of memory"); goto done; }
+        if (dt == ML_F32) ln_wgrad_f32(ml_tensor_data(g), ml_tensor_data(x), R, K, mean, rstd, acc, acc + K);
+        else ln_wgrad_f64(ml_tensor_data(g), ml_tensor_data(x), R, K, mean, rstd, acc, acc + K);
+        if (need_w) e = nn_from_doubles(&dw, (ml_dtype)n->in_dtype[1], n->in_ndim[1], n->in_shape[1], acc);
+        if (!e && need_b) e = nn_from_doubles(&db, (ml_dtype)n->in_dtype[2], n->in_ndim[2], n->in_shape[2], acc + K);
+        free(acc);
+    }
+done:
+    free(buf);
+    ml_tensor_release(g);
+    if (e) { ml_tensor_release(dx); ml_tensor_release(dw); ml_tensor_release(db); return e; }
+    gin[0] = dx; gin[1] = dw; gin[2] = db;
+    return ML_OK;
+}
+
+ml_err ml_layer_norm(ml_tensor **out, ml_tensor *x, int nnorm, ml_tensor *weight, ml_tensor *bias, double eps) {
+    *out = NULL;
+    ml_err e = nn_check_real("layer_norm", "input", x);
+    if (e) return e;
+    if (nnorm < 1 || nnorm > x->ndim)
+        return ml_seterr(ML_ERR_ARG, "layer_norm: cannot normalize over the last %d dims of input of shape %s", nnorm,
+                         ml_shape_str(x->ndim, x->shape));
+    const int64_t *ns = x->shape + (x->ndim - nnorm);
+    ml_tensor *pw[2] = {weight, bias};
+    const char *pn[2] = {"weight", "bias"};
+    for (int i = 0; i < 2; i++) {
+        ml_tensor *t = pw[i];
+        if (!t) continue;
+        if ((e = nn_check_real("layer_norm", pn[i], t))) return e;
+        bool ok = t->ndim == nnorm;
+        for (int d = 0; ok && d < nnorm; d++) ok = t->shape[d] == ns[d];
+        if (!ok)
+            return ml_seterr(ML_ERR_SHAPE, "layer_norm: %s has shape %s, expected %s (the last %d dims of input %s)", pn[i],
+                             ml_shape_str(t->ndim, t->shape), ml_shape_str(nnorm, ns), nnorm,
+                             ml_shape_str(x->ndim, x->shape));
+    }
+    if (!(eps >= 0)) return ml_seterr(ML_ERR_ARG, "layer_norm: eps must be >= 0, got %g", eps);
+    ln_params p = {.R = 1, .K = 1, .has_w = weight != NULL};
+    for (int d = 0; d < x->ndim - nnorm; d++) p.R *= x->shape[d];
+    for (int d = 0; d < nnorm; d++) p.K *= ns[d];
+    ml_dtype dt = (ml_dtype)x->dtype;
+    ml_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL, *tm = NULL, *tr = NULL;
+    double *part = NULL;
+    int64_t R = p.R, K = p.K, nch = nchunks(K);
+    if ((e = nn_contig(&xc, x))) return e;
+    if (weight && (e = nn_contig_as(&wc, weight, dt))) goto fail;
+    if (bias && (e = nn_contig_as(&bc, bias, dt))) goto fail;
+    if ((e = ml_tensor_empty(&y, dt, x->ndim, x->shape))) goto fail;
+    if ((e = ml_tensor_empty(&tm, ML_F64, 1, &R)) || (e = ml_tensor_empty(&tr, ML_F64, 1, &R))) goto fail;
+    part = malloc(sizeof(double) * (size_t)(3 * R * nch + 1));
+    if (!part) { e = ml_seterr(ML_ERR_OOM, "layer_norm: out of memory"); goto fail; }
+    double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr);
+    if (dt == ML_F32) seg_stats_f32(ml_tensor_data(xc), R, K, nch, part);
+    else seg_stats_f64(ml_tensor_data(xc), R, K, nch, part);
+    for (int64_t r = 0; r < R; r++) {
+        double cn = 0, m = 0, m2 = 0;
+        for (int64_t k = 0; k < nch; k++) {
+            const double *q = part + 3 * (r * nch + k);
+            chan_merge(&cn, &m, &m2, q[0], q[1], q[2]);
+        }
+        mean[r] = cn > 0 ? m : NAN;
+        rstd[r] = 1.0 / sqrt((cn > 0 ? m2 / cn : NAN) + eps);
+    }
+    if (dt == ML_F32)
+        ln_fwd_f32(ml_tensor_data(xc), wc ? ml_tensor_data(wc) : NULL, bc ? ml_tensor_data(bc) : NULL, ml_tensor_data(y), R, K, nch, mean, rstd);
+    else
+        ln_fwd_f64(ml_tensor_data(xc), wc ? ml_tensor_data(wc) : NULL, bc ? ml_tensor_data(bc) : NULL, ml_tensor_data(y), R, K, nch, mean, rstd);
+    ml_tensor *ins[3] = {x, weight, bias};
+    ml_tensor *saves[4] = {xc, tm, tr, wc};
+    if ((e = nn_record("layer_norm", bw_layer_norm, 3, ins, &y, &p, sizeof p, weight ? 4 : 3, saves))) goto fail;
+    free(part);
+    ml_tensor_release(xc); ml_tensor_release(wc); ml_tensor_release(bc); ml_tensor_release(tm); ml_tensor_release(tr);
+    *out = y;
+    return ML_OK;
+fail:
+    free(part);
+    ml_tensor_release(xc); ml_tensor_release(wc); ml_tensor_release(bc); ml_tensor_release(y);
+    ml_tensor_release(tm); ml_tensor_release(tr);
+    return e;
+}
+
+#else /* ------------------------------------------------- type-generic kernels (T, S(name)) */
+
+/* Per chunk: (count, mean, sum of squared deviations) in double. st has 3*nseg*nch entries. */
+static void S(seg_stats)(const T *x, int64_t nseg, int64_t L, int64_t nch, double *st) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *q = x + seg * L;
+        double s = 0, m2 = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = lo; i < hi; i++) s += (double)q[i];
+        double cnt = (double)(hi > lo ? hi - lo : 0), m = cnt > 0 ? s / cnt : 0;
+#pragma omp simd reduction(+ : m2)
+        for (int64_t i = lo; i < hi; i++) { double d = (double)q[i] - m; m2 += d * d; }
+        st[3 * k] = cnt;
+        st[3 * k + 1] = m;
+        st[3 * k + 2] = m2;
+    }
+}
+
+/* y = x*a[seg] + b[seg] */
+static void S(seg_affine)(const T *x, T *y, int64_t nseg, int64_t L, int64_t nch, const double *a, const double *b) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *q = x + seg * L;
+        T *o = y + seg * L;
+        T aa = (T)a[seg], bb = (T)b[seg];
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) o[i] = q[i] * aa + bb;
+    }
+}
+
+/* Per chunk: sum g and sum g*(x - mu[seg]). part has 2*nseg*nch entries. */
+static void S(seg_gsums)(const T *g, const T *x, int64_t nseg, int64_t L, int64_t nch, const double *mu, double *part) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *gq = g + seg * L, *xq = x + seg * L;
+        double m = mu[seg], sg = 0, sd = 0;
+#pragma omp simd reduction(+ : sg, sd)
+        for (int64_t i = lo; i < hi; i++) {
+            double gv = (double)gq[i];
+            sg += gv;
+            sd += gv * ((double)xq[i] - m);
+        }
+        part[2 * k] = sg;
+        part[2 * k + 1] = sd;
+    }
+}
+
+/* dx = g*p[seg] + x*q[seg] + r[seg] (coefficients in double, applied in double) */
+static void S(seg_lin)(const T *g, const T *x, T *dx, int64_t nseg, int64_t L, int64_t nch, const double *p,
+                       const double *q, const double *r) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *gq = g + seg * L, *xq = x + seg * L;
+        T *o = dx + seg * L;
+        double pp = p[seg], qq = q[seg], rr = r[seg];
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * pp + (double)xq[i] * qq + rr);
+    }
+}
+
+/* layer norm forward: y = (x - mean)*rstd*w + b per row */
+static void S(ln_fwd)(const T *x, const T *w, const T *b, T *y, int64_t R, int64_t K, int64_t nch, const double *mean,
+                      const double *rstd) {
+    int64_t total = R * nch;
+    int nt = nn_threads(R * K, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t r = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < K ? lo + NN_CHUNK : K;
+        const T *q = x + r * K;
+        T *o = y + r * K;
+        T s = (T)rstd[r], sb = (T)(-mean[r] * rstd[r]);
+        if (w && b) {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = (q[i] * s + sb) * w[i] + b[i];
+        } else if (w) {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = (q[i] * s + sb) * w[i];
+        } else if (b) {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = (q[i] * s + sb) + b[i];
+        } else {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = q[i] * s + sb;
+        }
+    }
+}
+
+/* per row chunk: sum g*w and sum g*w*(x - mean) */
+static void S(ln_rowsums)(const T *g, const T *x, const T *w, int64_t R, int64_t K, int64_t nch, const double *mean,
+                          double *part) {
+    int64_t total = R * nch;
+    int nt = nn_threads(R * K, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t r = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < K ? lo + NN_CHUNK : K;
+        const T *gq = g + r * K, *xq = x + r * K;
+        double m = mean[r], sa = 0, sd = 0;
+        if (w) {
+#pragma omp simd reduction(+ : sa, sd)
+            for (int64_t i = lo; i < hi; i++) {
+                double gw = (double)gq[i] * (double)w[i];
+                sa += gw;
+                sd += gw * ((double)xq[i] - m);
+            }
+        } else {
+#pragma omp simd reduction(+ : sa, sd)
+            for (int64_t i = lo; i < hi; i++) {
+                double gw = (double)gq[i];
+                sa += gw;
+                sd += gw * ((double)xq[i] - m);
+            }
+        }
+        part[2 * k] = sa;
+        part[2 * k + 1] = sd;
+    }
+}
+
+/* dx = g*w*p[r] + x*q[r] + r[r] */
+static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64_t K, int64_t nch, const double *p,
+                     const double *q, const double *rr) {
+    int64_t total = R * nch;
+    int nt = nn_threads(R * K, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t r = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < K ? lo + NN_CHUNK : K;
+        const T *gq = g + r * K, *xq = x + r * K;
+        T *o = dx + r * K;
+        double pp = p[r], qq = q[r], c0 = rr[r];
+        if (w) {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * (double)w[i] * pp + (double)xq[i] * qq + c0);
+        } else {
+#pragma omp simd
+            for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * pp + (double)xq[i] * qq + c0);
+        }
+    }
+}
+
+/* column sums over rows: dw[j] = sum_r g*(x-mean)*rstd, db[j] = sum_r g (parallel over column blocks) */
+static void S(ln_wgrad)(const T *g, const T *x, int64_t R, int64_t K, const double *mean, const double *rstd,
+                        double *dw, double *db) {
+    int64_t nblk = (K + 255) / 256;
+    int nt = nn_threads(R * K, nblk);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t bk = 0; bk < nblk; bk++) {
+        int64_t lo = bk * 256, hi = lo + 256 < K ? lo + 256 : K;
+        for (int64_t j = lo; j < hi; j++) { dw[j] = 0; db[j] = 0; }
+        for (int64_t r = 0; r < R; r++) {
+            const T *gq = g + r * K, *xq = x + r * K;
+            double m = mean[r], s = rstd[r];
+#pragma omp simd
+            for (int64_t j = lo; j < hi; j++) {
+                double gv = (double)gq[j];
+                dw[j] += gv * ((double)xq[j] - m) * s;
+                db[j] += gv;
+            }
+        }
+    }
+}
+
+#endif
