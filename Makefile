@@ -67,15 +67,15 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/ml_test.h $(BUILD)/libmedlua.a
 	$(CC) $(CFLAGS) -Itests/c -o $@ $< $(BUILD)/libmedlua.a $(LDLIBS) $(LDSAN)
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BUILD)/medlua recipes/demo_train.lua
 
 test: deps
-	@$(MAKE) --no-print-directory all $(CTEST_BIN)
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(CTEST_BIN)
 	@BUILD=$(BUILD) SAN=$(SAN) bash tests/run_all.sh
 
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	@bash bench/run.sh
 
 clean:

@@ -552,7 +552,7 @@ static int read_line(const char *prompt, char **out) {
         fd_set fds;
         FD_ZERO(&fds);
         FD_SET(fd, &fds);
-        int n = select(fd + 1, &fds, NULL, NULL, NULL);
+        int n = g_sigint_at_prompt ? -1 : select(fd + 1, &fds, NULL, NULL, NULL);
         if (g_sigint_at_prompt) {
             g_sigint_at_prompt = 0;
             rl_free_line_state();

@@ -9,6 +9,7 @@ logdir=$BUILD/test-logs; mkdir -p "$logdir"
 run_one() { # name, command...
   local name=$1; shift
   local log="$logdir/$name.log" start=$SECONDS
+  mkdir -p "$(dirname "$log")"
   "$@" >"$log" 2>&1
   local rc=$?
   local line; line=$(grep -E '^([A-Za-z]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)

@@ -12,10 +12,33 @@
 
 #define SM_BLK 64
 
+#define DO_GRP 16
+
+/* Philox4x32-10 (identical to ml_philox) for DO_GRP consecutive counters: r[lane][k] */
+static inline void philox_group(uint64_t counter0, uint64_t seed, uint32_t r[4][DO_GRP]) {
+    uint32_t k0i = (uint32_t)seed, k1i = (uint32_t)(seed >> 32);
+#pragma omp simd
+    for (int k = 0; k < DO_GRP; k++) {
+        uint64_t counter = counter0 + (uint64_t)k;
+        uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0, k0 = k0i, k1 = k1i;
+        for (int rd = 0; rd < 10; rd++) {
+            uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+            c1 = (uint32_t)p1;
+            c3 = (uint32_t)p0;
+            c0 = n0;
+            c2 = n2;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        r[0][k] = c0; r[1][k] = c1; r[2][k] = c2; r[3][k] = c3;
+    }
+}
+
 #define ML_ACT_GEN
 #define T float
 #define S(name) name##_f32
-#define EXPT expf
+#define EXPT nn_expf
 #define LOGT logf
 #include "ml_act.c"
 #undef T
@@ -162,6 +185,7 @@ static void S(sm_fwd)(const T *x, T *y, int64_t outer, int64_t D, int64_t inner,
 #pragma omp simd
                 for (int64_t d = 0; d < D; d++) yr[d] = xr[d] - m - ls;
             } else {
+#pragma omp simd reduction(+ : s)
                 for (int64_t d = 0; d < D; d++) {
                     T ev = EXPT(xr[d] - m);
                     yr[d] = ev;
@@ -191,6 +215,7 @@ static void S(sm_fwd)(const T *x, T *y, int64_t outer, int64_t D, int64_t inner,
         for (int64_t d = 0; d < D; d++) {
             const T *xr = xb + d * inner;
             T *yr = yb + d * inner;
+#pragma omp simd
             for (int64_t j = 0; j < w; j++) {
                 T ev = EXPT(xr[j] - m[j]);
                 s[j] += (double)ev;
@@ -232,6 +257,7 @@ static void S(sm_bwd)(const T *y, const T *g, T *dx, int64_t outer, int64_t D, i
 #pragma omp simd reduction(+ : s)
                 for (int64_t d = 0; d < D; d++) s += (double)gr[d];
                 T ts = (T)s;
+#pragma omp simd
                 for (int64_t d = 0; d < D; d++) dr[d] = gr[d] - EXPT(yr[d]) * ts;
             } else {
 #pragma omp simd reduction(+ : s)
@@ -263,29 +289,34 @@ static void S(sm_bwd)(const T *y, const T *g, T *dx, int64_t outer, int64_t D, i
         for (int64_t d = 0; d < D; d++) {
             const T *yr = y + base + d * inner, *gr = g + base + d * inner;
             T *dr = dx + base + d * inner;
-            if (lg)
+            if (lg) {
+#pragma omp simd
                 for (int64_t j = 0; j < w; j++) dr[j] = gr[j] - EXPT(yr[j]) * ts[j];
-            else
+            } else {
+#pragma omp simd
                 for (int64_t j = 0; j < w; j++) dr[j] = yr[j] * (gr[j] - ts[j]);
+            }
         }
     }
 }
 
 /* out[i] = in[i] * scale if element i is kept, else 0. Element i uses Philox counter base + i/4,
- * lane i%4; kept when its uniform draw is >= p. */
+ * lane i%4 (the same stream as ml_philox); kept when its uniform draw is >= p. Counters are
+ * generated DO_GRP blocks at a time so the Philox rounds vectorize. */
 static void S(dropout_apply)(const T *in, T *out, int64_t n, double p, uint64_t seed, uint64_t base) {
-    int64_t nb = (n + 3) / 4;
+    int64_t nb = (n + 3) / 4, ng = (nb + DO_GRP - 1) / DO_GRP;
     T scale = p >= 1 ? (T)0 : (T)(1.0 / (1.0 - p));
     float pf = (float)p;
-    int nt = nn_threads(n, nb);
+    int nt = nn_threads(n, ng);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        uint32_t r[4];
-        ml_philox(base + (uint64_t)b, seed, r);
-        for (int j = 0; j < 4; j++) {
-            int64_t i = b * 4 + j;
-            if (i >= n) break;
-            out[i] = ml_u32_to_unit(r[j]) >= pf ? in[i] * scale : (T)0;
+    for (int64_t gi = 0; gi < ng; gi++) {
+        uint32_t r[4][DO_GRP];
+        philox_group(base + (uint64_t)(gi * DO_GRP), seed, r);
+        int64_t i0 = gi * DO_GRP * 4;
+        int64_t cnt = n - i0 < DO_GRP * 4 ? n - i0 : DO_GRP * 4;
+        for (int64_t q = 0; q < cnt; q++) {
+            int64_t i = i0 + q;
+            out[i] = ml_u32_to_unit(r[q & 3][q >> 2]) >= pf ? in[i] * scale : (T)0;
         }
     }
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* ---------------------------------------------------------------- engine */
 static pthread_once_t g_eng_once = PTHREAD_ONCE_INIT;
@@ -51,6 +52,8 @@ dnnl_stream_t mld_stream(const char *op) {
     pthread_setspecific(g_stream_key, tls_stream);
     return tls_stream;
 }
+
+static void pool_clear(void);
 
 /* ------------------------------------------------------------------ cache */
 #define MLD_CACHE_CAP 128
@@ -158,6 +161,7 @@ void mld_cache_clear(void) {
     pthread_mutex_unlock(&g_cache_mu);
     for (int i = 0; i < MLD_CACHE_CAP; i++)
         if (old[i]) entry_unref(old[i]);
+    pool_clear();
 }
 
 int mld_cache_size(void) {
@@ -249,20 +253,81 @@ ml_err mld_md_any(dnnl_memory_desc_t *md, const char *op, int ndims, const int64
     return ML_OK;
 }
 
+/* ------------------------------------------------------------ scratch pool */
+#define MLD_POOL_MAX 6
+#define MLD_POOL_BYTES ((size_t)1 << 30)
+#define MLD_HUGE ((size_t)2 << 20)
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    void *p;
+    size_t cap;
+} g_pool[MLD_POOL_MAX];
+static size_t g_pool_bytes;
+
 ml_err mld_buf_alloc(mld_buf *b, size_t n, const char *op) {
+    if (n == 0) n = 1;
     b->n = n;
-    b->p = ml_alloc_bytes(n ? n : 1);
+    b->p = NULL;
+    pthread_mutex_lock(&g_pool_mu);
+    int best = -1;
+    for (int i = 0; i < MLD_POOL_MAX; i++)
+        if (g_pool[i].p && g_pool[i].cap >= n && g_pool[i].cap <= 2 * n + MLD_HUGE &&
+            (best < 0 || g_pool[i].cap < g_pool[best].cap))
+            best = i;
+    if (best >= 0) {
+        b->p = g_pool[best].p;
+        b->cap = g_pool[best].cap;
+        g_pool_bytes -= b->cap;
+        g_pool[best].p = NULL;
+        g_pool[best].cap = 0;
+    }
+    pthread_mutex_unlock(&g_pool_mu);
+    if (b->p) return ML_OK;
+    b->cap = n >= 2 * MLD_HUGE ? (n + MLD_HUGE - 1) / MLD_HUGE * MLD_HUGE : n;
+    b->p = ml_alloc_bytes(b->cap);
     if (!b->p) {
-        b->n = 0;
+        b->n = b->cap = 0;
         return ml_seterr(ML_ERR_OOM, "%s: out of memory allocating a %zu-byte scratch buffer", op, n);
+    }
+    if (b->cap >= 2 * MLD_HUGE) {
+        /* transparent huge pages for the 2 MiB-aligned interior: far fewer page faults */
+        uintptr_t lo = ((uintptr_t)b->p + MLD_HUGE - 1) & ~(uintptr_t)(MLD_HUGE - 1);
+        uintptr_t hi = ((uintptr_t)b->p + b->cap) & ~(uintptr_t)(MLD_HUGE - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
     }
     return ML_OK;
 }
 
 void mld_buf_free(mld_buf *b) {
-    if (b->p) ml_free_bytes(b->p, b->n ? b->n : 1);
+    if (!b->p) return;
+    void *p = b->p;
+    size_t cap = b->cap;
     b->p = NULL;
-    b->n = 0;
+    b->n = b->cap = 0;
+    pthread_mutex_lock(&g_pool_mu);
+    int slot = -1;
+    if (cap >= 65536 && g_pool_bytes + cap <= MLD_POOL_BYTES)
+        for (int i = 0; i < MLD_POOL_MAX && slot < 0; i++)
+            if (!g_pool[i].p) slot = i;
+    if (slot >= 0) {
+        g_pool[slot].p = p;
+        g_pool[slot].cap = cap;
+        g_pool_bytes += cap;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&g_pool_mu);
+    if (p) ml_free_bytes(p, cap);
+}
+
+static void pool_clear(void) {
+    pthread_mutex_lock(&g_pool_mu);
+    for (int i = 0; i < MLD_POOL_MAX; i++) {
+        if (g_pool[i].p) ml_free_bytes(g_pool[i].p, g_pool[i].cap);
+        g_pool[i].p = NULL;
+        g_pool[i].cap = 0;
+    }
+    g_pool_bytes = 0;
+    pthread_mutex_unlock(&g_pool_mu);
 }
 
 ml_err mld_to_prim(const char *op, dnnl_primitive_t r, const dnnl_memory_desc_t *user_md, const void *user,
@@ -327,13 +392,36 @@ ml_err mld_contig(ml_tensor **out, ml_tensor *t) {
     return ML_OK;
 }
 
+ml_err mld_grad_in(ml_tensor **out, ml_tensor *g, ml_dtype dt) {
+    *out = NULL;
+    if ((ml_dtype)g->dtype == dt) return mld_contig(out, g);
+    if (g->layout) {
+        ml_err e = ml_tensor_plain(g);
+        if (e) return e;
+    }
+    ml_tensor *c;
+    ml_err e = ml_tensor_empty(&c, dt, g->ndim, g->shape);
+    if (e) return e;
+    if ((e = ml_copy_(c, g))) {
+        ml_tensor_release(c);
+        return e;
+    }
+    *out = c;
+    return ML_OK;
+}
+
 const char *mld_opname(const char *base, int k) {
-    static _Thread_local char ring[8][40];
-    static _Thread_local int slot;
-    char *b = ring[slot++ & 7];
-    if (k >= 1 && k <= 3) snprintf(b, 40, "%s%dd", base, k);
-    else snprintf(b, 40, "%s", base);
-    return b;
+    /* static strings: autograd nodes keep the name pointer for later error messages */
+    static const char *const tab[][4] = {
+        {"conv", "conv1d", "conv2d", "conv3d"},
+        {"conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"},
+        {"max_pool", "max_pool1d", "max_pool2d", "max_pool3d"},
+        {"avg_pool", "avg_pool1d", "avg_pool2d", "avg_pool3d"},
+        {"adaptive_avg_pool", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"},
+    };
+    for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+        if (strcmp(tab[i][0], base) == 0) return k >= 1 && k <= 3 ? tab[i][k] : tab[i][0];
+    return base;
 }
 
 static int64_t floordiv(int64_t a, int64_t b) {

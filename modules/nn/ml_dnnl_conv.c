@@ -13,6 +13,8 @@
  * so conv forward = conv_transpose backward-data and vice versa. */
 #include "ml_dnnl_priv.h"
 
+#include <dnnl_debug.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -214,6 +216,7 @@ typedef struct {
     const cgeo *g;
     int prop;
     bool bias;
+    const cgeo *orig; /* backward-weights on a depth-prepadded geometry (see prepad_geo) */
 } dbuild;
 
 /* Spatial values (last k of the padded 3) into dnnl dims. */
@@ -237,6 +240,33 @@ static bool dnnl_geometry_ok(const cgeo *g) {
     for (int i = 0; i < g->k; i++)
         if (pr[i] + g->s[3 - g->k + i] <= 0) return false;
     return true;
+}
+
+/* oneDNN's jit (avx2) backward-weights kernel does not take depth padding in 3-D and falls back
+ * to a slow gemm/ref implementation. For those cases we run backward-weights on the big side
+ * (conv: x, conv_transpose: the output gradient) copied into a zeroed buffer that already holds
+ * the depth padding, with depth padding 0 in the descriptor. Returns false if not needed. */
+static bool prepad_geo(const cgeo *g, cgeo *gp) {
+    if (g->k != 3) return false;
+    dnnl_dims_t pl, pr;
+    dnnl_pads(g, pl, pr);
+    if (pl[0] == 0 && pr[0] == 0) return false;
+    *gp = *g;
+    if (!g->tr) gp->I[0] = g->I[0] + pl[0] + pr[0];
+    else gp->O[0] = g->O[0] + pl[0] + pr[0];
+    gp->p[0] = 0;
+    gp->op[0] = 0;
+    return true;
+}
+
+/* conv_transpose whose right depth padding is negative (output_padding > padding): the prepadded
+ * buffer drops the last output-gradient planes, which do not reach the weights but do count for
+ * the bias, so the bias gradient is then summed separately. */
+static bool prepad_drops_planes(const cgeo *g) {
+    if (g->k != 3 || !g->tr) return false;
+    dnnl_dims_t pl, pr;
+    dnnl_pads(g, pl, pr);
+    return pr[0] < 0;
 }
 
 static void fill_key(mld_key *key, const cgeo *g, int prop, bool bias) {
@@ -325,7 +355,8 @@ static ml_err dconv_build(mld_entry *e, void *ud) {
         else
             st = dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &sa, &wa, bmd, &da,
                                                                      strides, dil, pl, pr);
-        if (st != dnnl_success) return mld_fail(st == dnnl_unimplemented ? st : dnnl_invalid_arguments, op, "convolution descriptor");
+        /* arguments were validated by PyTorch's rules: a rejection is a oneDNN limitation */
+        if (st != dnnl_success) return ml_seterr(ML_ERR_UNSUPPORTED, "%s: oneDNN rejects this geometry (%s)", op, dnnl_status2str(st));
         st = dnnl_primitive_desc_create(&e->pd, &cd, NULL, eng, hint);
     } else {
         dnnl_deconvolution_desc_t cd;
@@ -339,7 +370,7 @@ static ml_err dconv_build(mld_entry *e, void *ud) {
         else
             st = dnnl_dilated_deconvolution_backward_weights_desc_init(&cd, dnnl_deconvolution_direct, &sa, &wa, bmd,
                                                                        &da, strides, dil, pl, pr);
-        if (st != dnnl_success) return mld_fail(st == dnnl_unimplemented ? st : dnnl_invalid_arguments, op, "deconvolution descriptor");
+        if (st != dnnl_success) return ml_seterr(ML_ERR_UNSUPPORTED, "%s: oneDNN rejects this geometry (%s)", op, dnnl_status2str(st));
         st = dnnl_primitive_desc_create(&e->pd, &cd, NULL, eng, hint);
     }
     if (st != dnnl_success) {
@@ -375,6 +406,29 @@ static ml_err dconv_build(mld_entry *e, void *ud) {
             (err = mld_make_reorder(&e->rd[1], op, &e->md[5], &e->md[1])) ||
             (err = mld_make_reorder(&e->rd[2], op, &e->md[2], &e->md[6])))
             return err;
+        if (b->orig) {
+            /* md[7]: the original big-side tensor's planes [0, Dc) (plain); md[8]: where they go in
+             * the padded primitive buffer (depth offset = left padding); rd[3] copies them. */
+            const cgeo *og = b->orig;
+            int64_t full[5], dims[5], fst[5];
+            if (!og->tr) x_shape(og, full);
+            else y_shape(og, full);
+            ml_contiguous_strides(5, full, fst);
+            int64_t Dp = og->tr ? g->O[0] : g->I[0], lpad = og->p[0];
+            int64_t Dc = full[2] < Dp - lpad ? full[2] : Dp - lpad;
+            memcpy(dims, full, sizeof dims);
+            dims[2] = Dc;
+            if ((err = mld_md_strided(&e->md[7], op, 5, dims, fst))) return err;
+            dnnl_dims_t sd = {dims[0], dims[1], dims[2], dims[3], dims[4]}, off = {0, 0, lpad, 0, 0};
+            MLD_TRY(dnnl_memory_desc_init_submemory(&e->md[8], &e->md[og->tr ? 6 : 4], sd, off), op,
+                    "padded sub-memory descriptor");
+            dnnl_primitive_desc_t rpd;
+            MLD_TRY(dnnl_reorder_primitive_desc_create(&rpd, &e->md[7], eng, &e->md[8], eng, NULL), op,
+                    "padded reorder descriptor");
+            dnnl_status_t rs = dnnl_primitive_create(&e->rd[3], rpd);
+            dnnl_primitive_desc_destroy(rpd);
+            if (rs != dnnl_success) { e->rd[3] = NULL; return mld_fail(rs, op, "padded reorder"); }
+        }
     }
     return ML_OK;
 }
@@ -382,7 +436,18 @@ static ml_err dconv_build(mld_entry *e, void *ud) {
 static ml_err dconv_get(mld_entry **out, const cgeo *g, int prop, bool bias) {
     mld_key key = {.n = 0};
     fill_key(&key, g, prop, bias);
-    dbuild b = {g, prop, bias};
+    dbuild b = {g, prop, bias, NULL};
+    return mld_get(out, key.w, key.n, dconv_build, &b);
+}
+
+/* backward-weights entry for the prepadded geometry gp of g */
+static ml_err dconv_get_prepad(mld_entry **out, const cgeo *g, const cgeo *gp, bool bias) {
+    mld_key key = {.n = 0};
+    fill_key(&key, gp, P_BWD_W, bias);
+    mld_k(&key, 0x50524550); /* "PREP" */
+    mld_k(&key, g->tr ? g->O[0] : g->I[0]);
+    mld_k(&key, g->p[0]);
+    dbuild b = {gp, P_BWD_W, bias, g};
     return mld_get(out, key.w, key.n, dconv_build, &b);
 }
 
@@ -451,12 +516,25 @@ static ml_err dconv_bwd(const cgeo *g, const float *x, const float *w, const flo
         mld_buf_free(&tds);
     }
     if (gw) {
-        if ((err = dconv_get(&ew, g, P_BWD_W, gb != NULL))) goto done;
+        cgeo gp;
+        bool prep = prepad_geo(g, &gp);
+        if ((err = prep ? dconv_get_prepad(&ew, g, &gp, gb != NULL) : dconv_get(&ew, g, P_BWD_W, gb != NULL))) goto done;
         if (ew->unsupported) { err = ml_seterr(ML_ERR_UNSUPPORTED, "%s: no oneDNN backward-weights implementation", op); goto done; }
-        void *srcp, *dd2, *dwp = gw;
-        if ((err = mld_to_prim(op, ew->rd[0], &ew->md[0], x, &ew->md[4], &tsrc, &srcp))) goto done;
-        if (ed && ddp && dnnl_memory_desc_equal(&ed->md[6], &ew->md[6])) dd2 = ddp; /* reuse the reordered gy */
-        else if ((err = mld_to_prim(op, ew->rd[2], &ew->md[2], gy, &ew->md[6], &tdd2, &dd2))) goto done;
+        void *srcp = NULL, *dd2 = NULL, *dwp = gw;
+        mld_buf *padbuf = g->tr ? &tdd2 : &tsrc;
+        if (prep) { /* zeroed padded buffer with the big-side tensor copied into its interior */
+            int slot = g->tr ? 6 : 4;
+            if ((err = mld_buf_alloc(padbuf, dnnl_memory_desc_get_size(&ew->md[slot]), op))) goto done;
+            memset(padbuf->p, 0, padbuf->n);
+            if ((err = mld_reorder(op, ew->rd[3], &ew->md[7], g->tr ? gy : x, &ew->md[8], padbuf->p))) goto done;
+            if (g->tr) dd2 = padbuf->p;
+            else srcp = padbuf->p;
+        }
+        if (!srcp && (err = mld_to_prim(op, ew->rd[0], &ew->md[0], x, &ew->md[4], &tsrc, &srcp))) goto done;
+        if (!dd2) {
+            if (ed && ddp && dnnl_memory_desc_equal(&ed->md[6], &ew->md[6])) dd2 = ddp; /* reuse the reordered gy */
+            else if ((err = mld_to_prim(op, ew->rd[2], &ew->md[2], gy, &ew->md[6], &tdd2, &dd2))) goto done;
+        }
         if (ew->rd[1]) {
             if ((err = mld_buf_alloc(&tdw, dnnl_memory_desc_get_size(&ew->md[5]), op))) goto done;
             dwp = tdw.p;
@@ -571,7 +649,7 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
     if (gw && (e = ml_tensor_empty(&tw, dt, g->k + 2, ws))) goto fail;
     bool bias_done = false;
     if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g)) {
-        if (gw && gb && (e = ml_tensor_empty(&tb, dt, 1, &g->Cout))) goto fail;
+        if (gw && gb && !prepad_drops_planes(g) && (e = ml_tensor_empty(&tb, dt, 1, &g->Cout))) goto fail;
         e = dconv_bwd(g, x ? ml_tensor_data(x) : NULL, w ? ml_tensor_data(w) : NULL, ml_tensor_data(gy),
                       tx ? ml_tensor_data(tx) : NULL, tw ? ml_tensor_data(tw) : NULL, tb ? ml_tensor_data(tb) : NULL);
         if (e && e != ML_ERR_UNSUPPORTED) goto fail;
@@ -713,7 +791,7 @@ static ml_err bw_conv(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_err e = geo_build(&g, op, cp->tr, &xs, &ws, NULL, &cp->p);
     if (e) return e;
     ml_tensor *gy;
-    if ((e = mld_contig(&gy, gout[0]))) return e;
+    if ((e = mld_grad_in(&gy, gout[0], (ml_dtype)n->out_dtype[0]))) return e;
     bool nb = n->nin > 2 && n->needs[2];
     e = conv_backward(&g, x, w, gy, n->needs[0] ? &gin[0] : NULL, n->needs[1] ? &gin[1] : NULL, nb ? &gin[2] : NULL);
     ml_tensor_release(gy);

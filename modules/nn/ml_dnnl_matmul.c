@@ -67,35 +67,40 @@ static bool collapse_leading(const ml_tensor *t, int64_t *n, int64_t *stride) {
     return true;
 }
 
-/* ------------------------------------------------------------ f64 reference */
-static void mm_ref_f64(double *c, const mm_opnd *A, const mm_opnd *B, const double *bias, int nb,
-                       const int64_t *bshape, int64_t M, int64_t K, int64_t N) {
-    int64_t nbatch = 1;
-    for (int i = 0; i < nb; i++) nbatch *= bshape[i];
-    int64_t total = nbatch * M;
-    const double *ab = (const double *)A->base, *bb = (const double *)B->base;
-#pragma omp parallel for schedule(static) if (total * K * N > 32768)
-    for (int64_t r = 0; r < total; r++) {
-        int64_t bi = r / M, i = r % M, rem = bi, oa = 0, ob = 0;
-        for (int d = nb - 1; d >= 0; d--) {
-            int64_t id = rem % bshape[d];
-            rem /= bshape[d];
-            oa += id * A->bstr[d];
-            ob += id * B->bstr[d];
-        }
-        double *crow = c + r * N;
-        for (int64_t j = 0; j < N; j++) crow[j] = bias ? bias[j] : 0.0;
-        const double *arow = ab + oa + i * A->rs;
-        for (int64_t k = 0; k < K; k++) {
-            double av = arow[k * A->cs];
-            const double *brow = bb + ob + k * B->rs;
-            if (B->cs == 1)
-                for (int64_t j = 0; j < N; j++) crow[j] += av * brow[j];
-            else
-                for (int64_t j = 0; j < N; j++) crow[j] += av * brow[j * B->cs];
-        }
+/* ------------------------------------------------------------ reference loops */
+/* c[b, i, :] = bias + sum_k A[b, i, k] * B[b, k, :] over any operand strides (0 = broadcast).
+ * f64: the reference for gradient checks; f32: last resort when oneDNN takes none of our layouts. */
+#define MM_REF(T, NAME)                                                                              \
+    static void NAME(T *c, const mm_opnd *A, const mm_opnd *B, const T *bias, int nb, const int64_t *bshape, \
+                     int64_t M, int64_t K, int64_t N) {                                              \
+        int64_t nbatch = 1;                                                                          \
+        for (int i = 0; i < nb; i++) nbatch *= bshape[i];                                            \
+        int64_t total = nbatch * M;                                                                  \
+        const T *ab = (const T *)A->base, *bb = (const T *)B->base;                                  \
+        _Pragma("omp parallel for schedule(static) if (total * K * N > 32768)")                      \
+        for (int64_t r = 0; r < total; r++) {                                                        \
+            int64_t bi = r / M, i = r % M, rem = bi, oa = 0, ob = 0;                                 \
+            for (int d = nb - 1; d >= 0; d--) {                                                      \
+                int64_t id = rem % bshape[d];                                                        \
+                rem /= bshape[d];                                                                    \
+                oa += id * A->bstr[d];                                                               \
+                ob += id * B->bstr[d];                                                               \
+            }                                                                                        \
+            T *crow = c + r * N;                                                                     \
+            for (int64_t j = 0; j < N; j++) crow[j] = bias ? bias[j] : (T)0;                         \
+            const T *arow = ab + oa + i * A->rs;                                                     \
+            for (int64_t k = 0; k < K; k++) {                                                        \
+                T av = arow[k * A->cs];                                                              \
+                const T *brow = bb + ob + k * B->rs;                                                 \
+                if (B->cs == 1)                                                                      \
+                    for (int64_t j = 0; j < N; j++) crow[j] += av * brow[j];                         \
+                else                                                                                 \
+                    for (int64_t j = 0; j < N; j++) crow[j] += av * brow[j * B->cs];                 \
+            }                                                                                        \
+        }                                                                                            \
     }
-}
+MM_REF(double, mm_ref_f64)
+MM_REF(float, mm_ref_f32)
 
 /* ------------------------------------------------------------ f32 oneDNN */
 typedef struct {
@@ -119,8 +124,9 @@ static ml_err mm_build(mld_entry *e, void *ud) {
         (err = mld_md_plain(&e->md[2], op, d->nd, d->cd)) || (err = mld_md_plain(&e->md[3], op, d->nd, bdims)))
         return err;
     dnnl_matmul_desc_t md;
-    MLD_TRY(dnnl_matmul_desc_init(&md, &e->md[0], &e->md[1], d->bias ? &e->md[3] : NULL, &e->md[2]), op,
-            "matmul descriptor");
+    /* a rejected descriptor (e.g. strides it does not take) sends the caller to its fallbacks */
+    if (dnnl_matmul_desc_init(&md, &e->md[0], &e->md[1], d->bias ? &e->md[3] : NULL, &e->md[2]) != dnnl_success)
+        return ml_seterr(ML_ERR_UNSUPPORTED, "%s: oneDNN rejects these layouts", op);
     MLD_TRY(dnnl_primitive_desc_create(&e->pd, &md, NULL, eng, NULL), op, "matmul primitive descriptor");
     MLD_TRY(dnnl_primitive_create(&e->prim, e->pd), op, "matmul primitive");
     return ML_OK;
@@ -255,30 +261,42 @@ static ml_err mm_run(ml_tensor **out, ml_tensor *a, ml_tensor *b, ml_tensor *bia
             nbe = 0;
         }
     }
+    /* batch dims where both operands broadcast: compute once, then broadcast-copy */
+    ml_tensor *cr = c;
+    bool reduce = false;
+    for (int i = 0; i < nbe; i++)
+        if (A.bdim[i] == 1 && B.bdim[i] == 1 && bshape2[i] > 1) { bshape2[i] = 1; reduce = true; }
+    if (reduce) {
+        int64_t rs[ML_MAX_DIMS + 2];
+        memcpy(rs, bshape2, sizeof(int64_t) * (size_t)nbe);
+        rs[nbe] = M;
+        rs[nbe + 1] = N;
+        if ((e = ml_tensor_empty(&cr, dt, nbe + 2, rs))) { ml_tensor_release(c); return e; }
+    }
+    void *cp = ml_tensor_data(cr);
     const void *bias_p = bias ? ml_tensor_data(bias) : NULL;
     if (dt == ML_F64) {
-        mm_ref_f64((double *)ml_tensor_data(c), &A, &B, (const double *)bias_p, nbe, bshape2, M2, K, N);
+        mm_ref_f64(cp, &A, &B, bias_p, nbe, bshape2, M2, K, N);
     } else {
         ml_tensor *ka = NULL, *kb = NULL;
-        e = mm_dnnl((float *)ml_tensor_data(c), &A, &B, (const float *)bias_p, nbe, bshape2, M2, N);
+        e = mm_dnnl(cp, &A, &B, bias_p, nbe, bshape2, M2, N);
         if (e == ML_ERR_UNSUPPORTED) {
             /* strides oneDNN does not take: dense copies, then plain layouts */
             if (!(A.cs == 1 && (A.rs == A.cols || A.rows == 1)) && (e = mm_densify(&ka, &A, dt))) goto fail;
             if (!(B.cs == 1 && (B.rs == B.cols || B.rows == 1)) && (e = mm_densify(&kb, &B, dt))) goto fail;
-            e = mm_dnnl((float *)ml_tensor_data(c), &A, &B, (const float *)bias_p, nbe, bshape2, M2, N);
+            e = mm_dnnl(cp, &A, &B, bias_p, nbe, bshape2, M2, N);
             if (e == ML_ERR_UNSUPPORTED) {
-                ml_tensor_release(ka);
-                ml_tensor_release(kb);
-                ka = kb = NULL;
-                if ((e = mm_densify(&ka, &A, dt)) || (e = mm_densify(&kb, &B, dt))) goto fail;
-                e = mm_dnnl((float *)ml_tensor_data(c), &A, &B, (const float *)bias_p, nbe, bshape2, M2, N);
+                mm_ref_f32(cp, &A, &B, bias_p, nbe, bshape2, M2, K, N);
+                e = ML_OK;
             }
         }
     fail:
         ml_tensor_release(ka);
         ml_tensor_release(kb);
-        if (e) { ml_tensor_release(c); return e; }
     }
+    if (!e && reduce) e = ml_copy_(c, cr);
+    if (reduce) ml_tensor_release(cr);
+    if (e) { ml_tensor_release(c); return e; }
     *out = c;
     return ML_OK;
 }
@@ -468,7 +486,7 @@ static ml_err bw_matmul(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_tensor *b = p->b_slot >= 0 ? ml_node_saved(n, p->b_slot) : NULL;
     if ((p->a_slot >= 0 && !a) || (p->b_slot >= 0 && !b)) return ML_ERR_GRAD;
     ml_tensor *g = NULL, *g2 = NULL, *a2 = NULL, *b2 = NULL, *t = NULL, *full = NULL, *red = NULL;
-    ml_err e = mld_contig(&g, gout[0]);
+    ml_err e = mld_grad_in(&g, gout[0], (ml_dtype)n->out_dtype[0]);
     if (e) return e;
     int nda = n->in_ndim[0], ndb = n->in_ndim[1];
     /* gradient as [bshape.., M, N] */
@@ -623,7 +641,7 @@ static ml_err bw_linear(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_tensor *w = p->w_slot >= 0 ? ml_node_saved(n, p->w_slot) : NULL;
     if ((p->x_slot >= 0 && !x) || (p->w_slot >= 0 && !w)) return ML_ERR_GRAD;
     ml_tensor *g = NULL, *g2 = NULL, *x2 = NULL, *t = NULL, *r = NULL;
-    ml_err e = mld_contig(&g, gout[0]);
+    ml_err e = mld_grad_in(&g, gout[0], (ml_dtype)n->out_dtype[0]);
     if (e) return e;
     int64_t outf = n->in_shape[1][0], inf = n->in_shape[1][1], M = outf ? ml_tensor_numel(g) / outf : 0;
     if (!outf) {

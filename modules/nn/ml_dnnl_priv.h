@@ -31,7 +31,7 @@ ml_err mld_fail(dnnl_status_t st, const char *op, const char *what);
 /* ------------------------------------------------------------------ cache */
 #define MLD_KEY_WORDS 64
 #define MLD_NRD 4 /* reorder slots per entry */
-#define MLD_NMD 8 /* memory descriptor slots per entry */
+#define MLD_NMD 10 /* memory descriptor slots per entry */
 
 typedef struct mld_entry {
     int64_t key[MLD_KEY_WORDS];
@@ -57,7 +57,7 @@ typedef ml_err (*mld_build_fn)(mld_entry *e, void *ud);
  * An entry with ->unsupported set is returned with ML_OK; the caller decides. */
 ml_err mld_get(mld_entry **out, const int64_t *key, int n, mld_build_fn build, void *ud);
 void mld_put(mld_entry *e);
-/* Drop every cached primitive (tests, memory pressure). */
+/* Drop every cached primitive and pooled scratch buffer (tests, memory pressure). */
 void mld_cache_clear(void);
 int mld_cache_size(void);
 
@@ -99,10 +99,13 @@ ml_err mld_md_strided(dnnl_memory_desc_t *md, const char *op, int ndims, const i
                       const int64_t *strides);
 ml_err mld_md_any(dnnl_memory_desc_t *md, const char *op, int ndims, const int64_t *dims);
 
-/* Scratch buffers (64-byte aligned, counted in ml_mem_live). */
+/* Scratch buffers (64-byte aligned, counted in ml_mem_live). Freed buffers go to a small pool
+ * (at most 6 buffers / 1 GiB) and are reused: fresh pages cost a page fault each, which on some
+ * machines is more than the reorder itself. Large buffers are advised to use transparent huge
+ * pages. mld_cache_clear() empties the pool. */
 typedef struct {
     void *p;
-    size_t n;
+    size_t n, cap;
 } mld_buf;
 ml_err mld_buf_alloc(mld_buf *b, size_t n, const char *op);
 void mld_buf_free(mld_buf *b);
@@ -116,7 +119,9 @@ ml_err mld_to_prim(const char *op, dnnl_primitive_t r, const dnnl_memory_desc_t 
 ml_err mld_check_float(const char *op, int n, ml_tensor *const *ts, const char *const *names);
 /* Make plain + contiguous (NEW reference, or NULL if t is NULL). */
 ml_err mld_contig(ml_tensor **out, ml_tensor *t);
-/* Name like "conv3d", "max_pool2d" in a thread-local ring buffer. */
+/* An incoming gradient as a contiguous tensor of the op output's dtype (NEW reference). */
+ml_err mld_grad_in(ml_tensor **out, ml_tensor *g, ml_dtype dt);
+/* Static name like "conv3d", "max_pool2d" for base "conv"/"max_pool"/... and k (base if unknown). */
 const char *mld_opname(const char *base, int k);
 
 /* Pooling / conv reference kernels shared between files. */

@@ -64,18 +64,22 @@ _Static_assert(sizeof(ce_params) <= ML_NODE_PARAM_BYTES, "params");
 #define ML_LOSS_GEN
 #define T float
 #define S(name) name##_f32
-#define EXPT expf
+#define EXPT nn_expf
+#define LOG1P01 nn_log1pf01
 #include "ml_loss.c"
 #undef T
 #undef S
 #undef EXPT
+#undef LOG1P01
 #define T double
 #define S(name) name##_f64
 #define EXPT exp
+#define LOG1P01 log1p
 #include "ml_loss.c"
 #undef T
 #undef S
 #undef EXPT
+#undef LOG1P01
 #undef ML_LOSS_GEN
 
 static ml_err check_reduction(const char *op, ml_reduction r) {
@@ -539,10 +543,11 @@ static void S(ew_bwd)(int kind, double beta, const T *x, const T *y, const T *g,
     }
 }
 
-/* softplus(-x) = log1p(exp(-|x|)) + max(-x, 0), computed in double */
-static inline double S(sp_neg)(T x) {
-    double xd = (double)x;
-    return log1p(exp(-fabs(xd))) + (xd < 0 ? -xd : 0);
+/* softplus(-x) = log1p(exp(-|x|)) + max(-x, 0); *e = exp(-|x|) */
+static inline T S(sp_neg)(T x, T *e) {
+    T ax = x < 0 ? -x : x;
+    *e = EXPT(-ax);
+    return LOG1P01(*e) + (x < 0 ? -x : (T)0);
 }
 
 static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t n, T *out, double *part) {
@@ -552,12 +557,13 @@ static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t 
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo = c * NN_CHUNK, hi = lo + NN_CHUNK < n ? lo + NN_CHUNK : n;
         double acc = 0;
+#pragma omp simd reduction(+ : acc)
         for (int64_t i = lo; i < hi; i++) {
-            double yv = (double)y[i], lw = pw ? 1.0 + ((double)pw[i] - 1.0) * yv : 1.0;
-            double l = (1.0 - yv) * (double)x[i] + lw * S(sp_neg)(x[i]);
-            if (w) l *= (double)w[i];
-            if (out) out[i] = (T)l;
-            acc += l;
+            T e, yv = y[i], lw = pw ? (T)1 + (pw[i] - (T)1) * yv : (T)1;
+            T l = ((T)1 - yv) * x[i] + lw * S(sp_neg)(x[i], &e);
+            if (w) l *= w[i];
+            if (out) out[i] = l;
+            acc += (double)l;
         }
         if (part) part[c] = acc;
     }
@@ -566,71 +572,79 @@ static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t 
 /* d[0]: input, d[1]: target, d[2]: weight, d[3]: pos_weight (full size; NULL when not needed) */
 static void S(bce_bwd)(const T *x, const T *y, const T *w, const T *pw, const T *g, double gs, int64_t n, void *const *d) {
     T *dx = d[0], *dy = d[1], *dw = d[2], *dpw = d[3];
+    T tgs = (T)gs;
     int nt = nn_threads(n * 8, n);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for simd schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < n; i++) {
-        double xv = (double)x[i], yv = (double)y[i], pwv = pw ? (double)pw[i] : 1.0, lw = 1.0 + (pwv - 1.0) * yv;
-        double wv = w ? (double)w[i] : 1.0, gv = g ? (double)g[i] : gs;
-        double sp = S(sp_neg)(x[i]);
-        /* sigmoid(-x), stable */
-        double sn = xv >= 0 ? exp(-xv) / (1.0 + exp(-xv)) : 1.0 / (1.0 + exp(xv));
-        if (dx) dx[i] = (T)(gv * wv * ((1.0 - yv) - lw * sn));
-        if (dy) dy[i] = (T)(gv * wv * (-xv + (pwv - 1.0) * sp));
-        if (dw) dw[i] = (T)(gv * ((1.0 - yv) * xv + lw * sp));
-        if (dpw) dpw[i] = (T)(gv * wv * yv * sp);
+        T e, xv = x[i], yv = y[i], pwv = pw ? pw[i] : (T)1, lw = (T)1 + (pwv - (T)1) * yv;
+        T wv = w ? w[i] : (T)1, gv = g ? g[i] : tgs;
+        T sp = S(sp_neg)(xv, &e);
+        /* sigmoid(-x) from e = exp(-|x|) */
+        T sn = xv >= 0 ? e / ((T)1 + e) : (T)1 / ((T)1 + e);
+        if (dx) dx[i] = gv * wv * (((T)1 - yv) - lw * sn);
+        if (dy) dy[i] = gv * wv * (-xv + (pwv - (T)1) * sp);
+        if (dw) dw[i] = gv * (((T)1 - yv) * xv + lw * sp);
+        if (dpw) dpw[i] = gv * wv * yv * sp;
     }
 }
 
-/* cross_entropy forward over positions (n, s), blocks of CE_BLK positions along s.
- * Writes lse[pos], loss[pos] and the mean weight wt[pos]. */
+/* cross_entropy forward over positions (n, s), tasks of CE_BLK positions along s so the loops over
+ * a block vectorize. Writes lse[pos], loss[pos] and the mean weight wt[pos]. */
 static void S(ce_fwd)(const ce_params *p, const T *x, const void *tgt, const double *w, double *lse, double *loss,
                       double *wt) {
     int64_t C = p->C, Sz = p->S, nblk = (Sz + CE_BLK - 1) / CE_BLK, tasks = p->N * nblk;
     const int64_t *ti = p->prob ? NULL : tgt;
     const T *tp = p->prob ? tgt : NULL;
     double ls = p->ls, lsc = ls / (double)C;
+    bool smooth = !p->prob && ls > 0;
     int nt = nn_threads(p->N * C * Sz * 4, tasks);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t n = t / nblk, lo = (t % nblk) * CE_BLK, hi = lo + CE_BLK < Sz ? lo + CE_BLK : Sz, bw = hi - lo;
         const T *xb = x + n * C * Sz + lo;
+        const T *yb = tp ? tp + n * C * Sz + lo : NULL;
         T m[CE_BLK];
-        double s[CE_BLK];
-        for (int64_t j = 0; j < bw; j++) { m[j] = -INFINITY; s[j] = 0; }
+        double s[CE_BLK], a1[CE_BLK], a2[CE_BLK];
+        for (int64_t j = 0; j < bw; j++) { m[j] = -INFINITY; s[j] = 0; a1[j] = 0; a2[j] = 0; }
         for (int64_t c = 0; c < C; c++) {
             const T *xr = xb + c * Sz;
+#pragma omp simd
             for (int64_t j = 0; j < bw; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
         }
         for (int64_t c = 0; c < C; c++) {
             const T *xr = xb + c * Sz;
+            double wc = w ? w[c] : 1.0;
+#pragma omp simd
             for (int64_t j = 0; j < bw; j++) s[j] += (double)EXPT(xr[j] - m[j]);
+            if (smooth) { /* a1 = sum_c w_c x_c */
+#pragma omp simd
+                for (int64_t j = 0; j < bw; j++) a1[j] += wc * (double)xr[j];
+            } else if (yb) { /* a1 = sum_c w_c y'_c x_c, a2 = sum_c w_c y'_c */
+                const T *yr = yb + c * Sz;
+#pragma omp simd
+                for (int64_t j = 0; j < bw; j++) {
+                    double wy = wc * ((double)yr[j] * (1.0 - ls) + lsc);
+                    a1[j] += wy * (double)xr[j];
+                    a2[j] += wy;
+                }
+            }
         }
         for (int64_t j = 0; j < bw; j++) {
             int64_t pos = n * Sz + lo + j;
             double l = (double)m[j] + log(s[j]);
             lse[pos] = l;
-            if (p->prob) {
-                /* -sum_c w_c*y'_c*(x_c - lse) */
-                double acc = 0;
-                for (int64_t c = 0; c < C; c++) {
-                    double yv = (double)tp[(n * C + c) * Sz + lo + j] * (1.0 - ls) + lsc;
-                    acc += (w ? w[c] : 1.0) * yv * ((double)xb[c * Sz + j] - l);
-                }
-                loss[pos] = -acc;
+            if (yb) {
+                loss[pos] = -(a1[j] - l * a2[j]);
                 wt[pos] = 1;
-            } else {
-                int64_t tg = ti[pos];
-                if (tg == p->ignore) { loss[pos] = 0; wt[pos] = 0; continue; }
-                double wtg = w ? w[tg] : 1.0;
-                double v = (1.0 - ls) * (-wtg * ((double)xb[tg * Sz + j] - l));
-                if (ls > 0) {
-                    double acc = 0;
-                    for (int64_t c = 0; c < C; c++) acc += (w ? w[c] : 1.0) * ((double)xb[c * Sz + j] - l);
-                    v += lsc * (-acc);
-                }
-                loss[pos] = v;
-                wt[pos] = wtg;
+                continue;
             }
+            int64_t tg = ti[pos];
+            if (tg == p->ignore) { loss[pos] = 0; wt[pos] = 0; continue; }
+            double wtg = w ? w[tg] : 1.0;
+            double v = (1.0 - ls) * (-wtg * ((double)xb[tg * Sz + j] - l));
+            if (smooth) v -= lsc * (a1[j] - l * p->wsum);
+            loss[pos] = v;
+            wt[pos] = wtg;
         }
     }
 }
@@ -639,37 +653,63 @@ static void S(ce_bwd)(const ce_params *p, const T *x, const void *tgt, const dou
                       double gs, void *vdx, void *vdy) {
     const T *g = vg;
     T *dx = vdx, *dy = vdy;
-    int64_t C = p->C, Sz = p->S, npos = p->N * Sz;
+    int64_t C = p->C, Sz = p->S, nblk = (Sz + CE_BLK - 1) / CE_BLK, tasks = p->N * nblk;
     const int64_t *ti = p->prob ? NULL : tgt;
     const T *tp = p->prob ? tgt : NULL;
     double ls = p->ls, lsc = ls / (double)C;
-    int nt = nn_threads(npos * C * 4, npos);
+    int nt = nn_threads(p->N * C * Sz * 4, tasks);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t pos = 0; pos < npos; pos++) {
-        int64_t n = pos / Sz, s = pos % Sz;
-        const T *xr = x + n * C * Sz + s;
-        double gv = g ? (double)g[pos] : gs, l = lse[pos];
-        if (p->prob) {
-            const T *yr = tp + n * C * Sz + s;
-            double swy = 0;
-            for (int64_t c = 0; c < C; c++) swy += (w ? w[c] : 1.0) * ((double)yr[c * Sz] * (1.0 - ls) + lsc);
-            for (int64_t c = 0; c < C; c++) {
-                double wc = w ? w[c] : 1.0, yv = (double)yr[c * Sz] * (1.0 - ls) + lsc;
-                double lp = (double)xr[c * Sz] - l;
-                if (dx) dx[n * C * Sz + c * Sz + s] = (T)(gv * (exp(lp) * swy - wc * yv));
-                if (dy) dy[n * C * Sz + c * Sz + s] = (T)(gv * (-(1.0 - ls) * wc * lp));
-            }
-        } else if (dx) {
-            int64_t tg = ti[pos];
-            if (tg == p->ignore) {
-                for (int64_t c = 0; c < C; c++) dx[n * C * Sz + c * Sz + s] = 0;
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t n = t / nblk, lo = (t % nblk) * CE_BLK, hi = lo + CE_BLK < Sz ? lo + CE_BLK : Sz, bw = hi - lo;
+        int64_t off = n * C * Sz + lo;
+        const T *xb = x + off;
+        T l[CE_BLK], a[CE_BLK], bt[CE_BLK], cw[CE_BLK];
+        int64_t tg[CE_BLK];
+        for (int64_t j = 0; j < bw; j++) {
+            int64_t pos = n * Sz + lo + j;
+            double gv = g ? (double)g[pos] : gs;
+            l[j] = (T)lse[pos];
+            if (tp) {
+                /* dx_c = gv*(p_c*sum_k w_k y'_k - w_c y'_c): a = gv*sum, cw = gv */
+                double swy = 0;
+                for (int64_t c = 0; c < C; c++) swy += (w ? w[c] : 1.0) * ((double)tp[off + c * Sz + j] * (1.0 - ls) + lsc);
+                a[j] = (T)(gv * swy);
+                cw[j] = (T)gv;
+                bt[j] = 0;
+                tg[j] = -1;
                 continue;
             }
-            double wt = w ? w[tg] : 1.0, a = (1.0 - ls) * wt + lsc * p->wsum;
-            for (int64_t c = 0; c < C; c++) {
-                double pc = exp((double)xr[c * Sz] - l);
-                double v = pc * a - lsc * (w ? w[c] : 1.0) - (c == tg ? (1.0 - ls) * wt : 0.0);
-                dx[n * C * Sz + c * Sz + s] = (T)(gv * v);
+            int64_t tt = ti[pos];
+            if (tt == p->ignore) { a[j] = 0; bt[j] = 0; cw[j] = 0; tg[j] = -1; continue; }
+            double wt = w ? w[tt] : 1.0;
+            /* dx_c = gv*(p_c*((1-ls)*w_t + lsc*wsum) - lsc*w_c - [c == t]*(1-ls)*w_t) */
+            a[j] = (T)(gv * ((1.0 - ls) * wt + lsc * p->wsum));
+            bt[j] = (T)(gv * (1.0 - ls) * wt);
+            cw[j] = (T)(gv * lsc);
+            tg[j] = tt;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const T *xr = xb + c * Sz;
+            T wc = (T)(w ? w[c] : 1.0);
+            if (dx) {
+                T *dr = dx + off + c * Sz;
+                if (tp) {
+                    const T *yr = tp + off + c * Sz;
+                    T keep = (T)(1.0 - ls), add = (T)lsc;
+#pragma omp simd
+                    for (int64_t j = 0; j < bw; j++)
+                        dr[j] = a[j] * EXPT(xr[j] - l[j]) - cw[j] * wc * (yr[j] * keep + add);
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < bw; j++)
+                        dr[j] = a[j] * EXPT(xr[j] - l[j]) - cw[j] * wc - (tg[j] == c ? bt[j] : (T)0);
+                }
+            }
+            if (dy) {
+                T *dr = dy + off + c * Sz;
+                T f = (T)(-(1.0 - ls)) * wc;
+#pragma omp simd
+                for (int64_t j = 0; j < bw; j++) dr[j] = cw[j] * f * (xr[j] - l[j]);
             }
         }
     }

@@ -103,4 +103,65 @@ static inline ml_err nn_record(const char *name, ml_backward_fn fn, int nin, ml_
     return e;
 }
 
+/* ---- branch-free float exp / log1p (vectorize inside `omp simd` loops; libm's do not).
+ * nn_expf: Cephes polynomial, about 1 ulp; returns 0 below -87.3 (no subnormals), finite clamp
+ * above 88.37 (callers pass x <= 0), NaN for NaN. */
+static inline float nn_expf(float x) {
+    float xc = x == x ? x : 0.0f;
+    xc = xc < -87.33654f ? -87.33654f : xc;
+    xc = xc > 88.3762626f ? 88.3762626f : xc;
+    /* floor via truncation (|v| < 128): libm floorf is not inlined under -ftrapping-math */
+    float v = xc * 1.44269504088896341f + 0.5f;
+    float n = (float)(int32_t)v;
+    n = n > v ? n - 1.0f : n;
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    float res = p * s;
+    res = x < -87.33654f ? 0.0f : res;
+    return x == x ? res : x;
+}
+
+/* natural log for x in [2^-126, 2^127] (Cephes logf polynomial) */
+static inline float nn_logf_pos(float x) {
+    int32_t i;
+    memcpy(&i, &x, sizeof i);
+    float e = (float)(((i >> 23) & 0xff) - 126);
+    i = (i & 0x807fffff) | 0x3f000000; /* mantissa in [0.5, 1) */
+    float m;
+    memcpy(&m, &i, sizeof m);
+    float c = m < 0.707106781186547524f ? 1.0f : 0.0f;
+    e -= c;
+    m = m + m * c - 1.0f;
+    float z = m * m;
+    float y = 7.0376836292E-2f;
+    y = y * m - 1.1514610310E-1f;
+    y = y * m + 1.1676998740E-1f;
+    y = y * m - 1.2420140846E-1f;
+    y = y * m + 1.4249322787E-1f;
+    y = y * m - 1.6668057665E-1f;
+    y = y * m + 2.0000714765E-1f;
+    y = y * m - 2.4999993993E-1f;
+    y = y * m + 3.3333331174E-1f;
+    y = y * m * z;
+    y += -2.12194440e-4f * e;
+    y += -0.5f * z;
+    return m + y + 0.693359375f * e;
+}
+
+/* log1p(x) for x in [0, 1] with full relative accuracy for small x */
+static inline float nn_log1pf01(float x) {
+    float u = 1.0f + x, d = u - 1.0f;
+    float l = nn_logf_pos(u);
+    return d == 0.0f ? x : l * (x / d);
+}
+
 #endif

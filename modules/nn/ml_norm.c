@@ -104,7 +104,7 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_tensor *dx = NULL, *dwt = NULL, *dbt = NULL;
     if (n->needs[0]) {
         if (!(e = ml_tensor_empty(&dx, dt, x->ndim, x->shape))) {
-            /* dx = g*pp + x*qq + rr per segment */
+            /* dx = g*pp + (x - mean)*qq + rr per segment */
             double *pp = malloc(sizeof(double) * (size_t)(3 * nseg + 1));
             if (!pp) e = ml_seterr(ML_ERR_OOM, "%s backward: out of memory", op);
             else {
@@ -125,11 +125,11 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
                     if (p->const_stats) { qq[s] = 0; rr[s] = 0; }
                     else {
                         qq[s] = -r * r * B;
-                        rr[s] = mean[gr] * r * r * B - r * A;
+                        rr[s] = -r * A;
                     }
                 }
-                if (dt == ML_F32) seg_lin_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, pp, qq, rr);
-                else seg_lin_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, pp, qq, rr);
+                if (dt == ML_F32) seg_lin_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
+                else seg_lin_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
                 free(pp);
             }
         }
@@ -320,10 +320,10 @@ static ml_err bw_layer_norm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
             double s = rstd[r];
             pp[r] = s;
             qq[r] = -s * s * s * D / (double)K;
-            rr[r] = -s * A / (double)K - qq[r] * mean[r];
+            rr[r] = -s * A / (double)K;
         }
-        if (dt == ML_F32) ln_dx_f32(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, pp, qq, rr);
-        else ln_dx_f64(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, pp, qq, rr);
+        if (dt == ML_F32) ln_dx_f32(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, mean, pp, qq, rr);
+        else ln_dx_f64(ml_tensor_data(g), ml_tensor_data(x), tw ? ml_tensor_data(tw) : NULL, ml_tensor_data(dx), R, K, nch, mean, pp, qq, rr);
     }
     bool need_w = n->needs[1], need_b = n->needs[2];
     if (need_w || need_b) {
@@ -469,9 +469,9 @@ static void S(seg_gsums)(const T *g, const T *x, int64_t nseg, int64_t L, int64_
     }
 }
 
-/* dx = g*p[seg] + x*q[seg] + r[seg] (coefficients in double, applied in double) */
-static void S(seg_lin)(const T *g, const T *x, T *dx, int64_t nseg, int64_t L, int64_t nch, const double *p,
-                       const double *q, const double *r) {
+/* dx = g*p[seg] + (x - mu[seg])*q[seg] + r[seg] */
+static void S(seg_lin)(const T *g, const T *x, T *dx, int64_t nseg, int64_t L, int64_t nch, const double *mu,
+                       const double *p, const double *q, const double *r) {
     int64_t total = nseg * nch;
     int nt = nn_threads(nseg * L, total);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -480,9 +480,9 @@ static void S(seg_lin)(const T *g, const T *x, T *dx, int64_t nseg, int64_t L, i
         int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
         const T *gq = g + seg * L, *xq = x + seg * L;
         T *o = dx + seg * L;
-        double pp = p[seg], qq = q[seg], rr = r[seg];
+        T m = (T)mu[seg], pp = (T)p[seg], qq = (T)q[seg], rr = (T)r[seg];
 #pragma omp simd
-        for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * pp + (double)xq[i] * qq + rr);
+        for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * pp + (xq[i] - m) * qq + rr;
     }
 }
 
@@ -545,9 +545,9 @@ static void S(ln_rowsums)(const T *g, const T *x, const T *w, int64_t R, int64_t
     }
 }
 
-/* dx = g*w*p[r] + x*q[r] + r[r] */
-static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64_t K, int64_t nch, const double *p,
-                     const double *q, const double *rr) {
+/* dx = g*w*p[r] + (x - mean[r])*q[r] + rr[r] */
+static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64_t K, int64_t nch, const double *mean,
+                     const double *p, const double *q, const double *rr) {
     int64_t total = R * nch;
     int nt = nn_threads(R * K, total);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -556,13 +556,13 @@ static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64
         int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < K ? lo + NN_CHUNK : K;
         const T *gq = g + r * K, *xq = x + r * K;
         T *o = dx + r * K;
-        double pp = p[r], qq = q[r], c0 = rr[r];
+        T m = (T)mean[r], pp = (T)p[r], qq = (T)q[r], c0 = (T)rr[r];
         if (w) {
 #pragma omp simd
-            for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * (double)w[i] * pp + (double)xq[i] * qq + c0);
+            for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * w[i] * pp + (xq[i] - m) * qq + c0;
         } else {
 #pragma omp simd
-            for (int64_t i = lo; i < hi; i++) o[i] = (T)((double)gq[i] * pp + (double)xq[i] * qq + c0);
+            for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * pp + (xq[i] - m) * qq + c0;
         }
     }
 }

@@ -228,8 +228,8 @@ static ml_err pad_run(const pad_params *pp, ml_dtype dt, const int64_t *ishape, 
     }
     int64_t *buf = pad_maps(pp, isz, osz, map);
     if (!buf) return ml_seterr(ML_ERR_OOM, "pad: out of memory");
-    if (dt == ML_F32) (backward ? pad_bwd_f32 : pad_fwd_f32)(x, y, B, P, isz, osz, map, pp->value);
-    else (backward ? pad_bwd_f64 : pad_fwd_f64)(x, y, B, P, isz, osz, map, pp->value);
+    if (dt == ML_F32) (backward ? pad_bwd_f32 : pad_fwd_f32)(x, y, B, P, isz, osz, map, pp->lo[P - 1], pp->value);
+    else (backward ? pad_bwd_f64 : pad_fwd_f64)(x, y, B, P, isz, osz, map, pp->lo[P - 1], pp->value);
     free(buf);
     return ML_OK;
 }
@@ -567,13 +567,13 @@ static void S(interp_lin_bwd)(const void *vg, void *vgx, int64_t NC, int k, cons
 
 /* ---- pad: B planes of P padded dims; map[p][o] = input index or -1 */
 static void S(pad_fwd)(const void *vx, void *vy, int64_t B, int P, const int64_t *isz, const int64_t *osz,
-                       int64_t *const *map, double value) {
+                       int64_t *const *map, int64_t lo_last, double value) {
     const T *x = vx;
     T *y = vy;
     int64_t iplane = 1, oplane = 1, rows = 1, istr[ML_MAX_DIMS];
     for (int p = P - 1; p >= 0; p--) { istr[p] = iplane; iplane *= isz[p]; oplane *= osz[p]; }
     for (int p = 0; p < P - 1; p++) rows *= osz[p];
-    int64_t inner = osz[P - 1], tasks = B * rows;
+    int64_t inner = osz[P - 1], tasks = B * rows, in_last = isz[P - 1];
     const int64_t *mi = map[P - 1];
     T v = (T)value;
     int nt = nn_threads(B * oplane, tasks);
@@ -593,17 +593,20 @@ static void S(pad_fwd)(const void *vx, void *vy, int64_t B, int P, const int64_t
             for (int64_t j = 0; j < inner; j++) yr[j] = v;
         } else {
             const T *xr = x + off;
-            for (int64_t j = 0; j < inner; j++) {
-                int64_t m = mi[j];
-                yr[j] = m >= 0 ? xr[m] : v;
-            }
+            /* interior [j0, j1) maps to j - lo: a plain copy; the borders go through the map */
+            int64_t j0 = lo_last > 0 ? lo_last : 0, j1 = lo_last + in_last < inner ? lo_last + in_last : inner;
+            if (j1 < j0) j1 = j0;
+            for (int64_t j = 0; j < j0; j++) yr[j] = mi[j] >= 0 ? xr[mi[j]] : v;
+            if (j1 > j0) memcpy(yr + j0, xr + (j0 - lo_last), sizeof(T) * (size_t)(j1 - j0));
+            for (int64_t j = j1; j < inner; j++) yr[j] = mi[j] >= 0 ? xr[mi[j]] : v;
         }
     }
 }
 
 static void S(pad_bwd)(const void *vg, void *vgx, int64_t B, int P, const int64_t *isz, const int64_t *osz,
-                       int64_t *const *map, double value) {
+                       int64_t *const *map, int64_t lo_last, double value) {
     (void)value;
+    (void)lo_last;
     const T *g = vg;
     T *gx = vgx;
     int64_t iplane = 1, oplane = 1, rows = 1, istr[ML_MAX_DIMS];

@@ -266,7 +266,7 @@ static ml_err check_shape(const char *op, int ndim, const int64_t *shape, int64_
 ml_err ml_tensor_empty(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape) {
     *out = NULL;
     if ((unsigned)dt >= ML_NDTYPES) return ml_seterr(ML_ERR_DTYPE, "empty: unknown dtype %d", (int)dt);
-    int64_t n;
+    int64_t n = 0;
     ml_err e = check_shape("empty", ndim, shape, &n);
     if (e) return e;
     ml_storage *s = ml_storage_new((size_t)n * ml_dtype_size(dt), ml_cpu());

@@ -586,7 +586,7 @@ static ml_err bw_binary(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
         if (!p->scalar && !(b = ml_node_saved(n, 1))) return ML_ERR_GRAD;
     }
     if (p->scalar) {
-        if ((e = ml_scalar_tensor(&sc, ml_dtype_is_float((ml_dtype)g->dtype) ? (ml_dtype)g->dtype : ML_F32, p->s)))
+        if ((e = ml_scalar_tensor(&sc, g->dtype == ML_F64 ? ML_F64 : ML_F32, p->s)))
             return e;
         if (p->reverse) e = binop_grads(op, g, sc, a, NULL, &ga);
         else e = binop_grads(op, g, a, sc, &ga, NULL);

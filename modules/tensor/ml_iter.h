@@ -85,28 +85,38 @@ static inline void ml_iter_advance(const ml_iter *it, int64_t *idx, int64_t cnt,
 
 /* Core loop. Inside BODY: j_ is the position in the inner run; off_[k] the run's start offsets;
  * st_[k] the inner strides. Use the typed wrappers below (bodies may contain commas). */
+/* One chunk [lo, hi) of the linear range. */
+#define ML_ITER_CHUNK_(it_, lo, hi, ...)                                                   \
+    do {                                                                                   \
+        int64_t lo_ = (lo), hi_ = (hi);                                                    \
+        if (lo_ >= hi_) break;                                                             \
+        int64_t idx_[ML_MAX_DIMS], off_[ML_ITER_MAX_OPS], st_[ML_ITER_MAX_OPS];            \
+        ml_iter_seek(it_, lo_, idx_, off_);                                                \
+        int last_ = it_->ndim - 1;                                                         \
+        int64_t inner_ = last_ >= 0 ? it_->shape[last_] : 1;                               \
+        for (int k_ = 0; k_ < it_->nops; k_++) st_[k_] = last_ >= 0 ? it_->s[k_][last_] : 0; \
+        int64_t pos_ = lo_;                                                                \
+        while (pos_ < hi_) {                                                               \
+            int64_t cnt_ = inner_ - (last_ >= 0 ? idx_[last_] : 0);                        \
+            if (cnt_ > hi_ - pos_) cnt_ = hi_ - pos_;                                      \
+            __VA_ARGS__;                                                                   \
+            pos_ += cnt_;                                                                  \
+            ml_iter_advance(it_, idx_, cnt_, off_);                                        \
+        }                                                                                  \
+    } while (0)
+
+/* Small ranges run inline (no OpenMP team: a tiny op from Lua must cost ~1 us). */
 #define ML_ITER_LOOP_(it, n, ...)                                                          \
     do {                                                                                   \
         const ml_iter *it_ = &(it);                                                        \
         int64_t n_ = (n);                                                                  \
         int nt_ = ml_iter_threads(n_);                                                     \
-        _Pragma("omp parallel for num_threads(nt_) schedule(static) if (nt_ > 1)")          \
-        for (int t_ = 0; t_ < nt_; t_++) {                                                 \
-            int64_t lo_ = n_ * t_ / nt_, hi_ = n_ * (t_ + 1) / nt_;                        \
-            if (lo_ >= hi_) continue;                                                      \
-            int64_t idx_[ML_MAX_DIMS], off_[ML_ITER_MAX_OPS], st_[ML_ITER_MAX_OPS];        \
-            ml_iter_seek(it_, lo_, idx_, off_);                                            \
-            int last_ = it_->ndim - 1;                                                     \
-            int64_t inner_ = last_ >= 0 ? it_->shape[last_] : 1;                           \
-            for (int k_ = 0; k_ < it_->nops; k_++) st_[k_] = last_ >= 0 ? it_->s[k_][last_] : 0; \
-            int64_t pos_ = lo_;                                                            \
-            while (pos_ < hi_) {                                                           \
-                int64_t cnt_ = inner_ - (last_ >= 0 ? idx_[last_] : 0);                    \
-                if (cnt_ > hi_ - pos_) cnt_ = hi_ - pos_;                                  \
-                __VA_ARGS__;                                                               \
-                pos_ += cnt_;                                                              \
-                ml_iter_advance(it_, idx_, cnt_, off_);                                    \
-            }                                                                              \
+        if (nt_ <= 1) {                                                                    \
+            ML_ITER_CHUNK_(it_, 0, n_, __VA_ARGS__);                                       \
+        } else {                                                                           \
+            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                  \
+            for (int t_ = 0; t_ < nt_; t_++)                                               \
+                ML_ITER_CHUNK_(it_, n_ * t_ / nt_, n_ * (t_ + 1) / nt_, __VA_ARGS__);      \
         }                                                                                  \
     } while (0)
 

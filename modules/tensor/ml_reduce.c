@@ -36,7 +36,7 @@ typedef struct {
 } kspec;
 
 #define RED_BLOCK 2048
-#define RED_CB 1024
+#define RED_CB 4096
 
 static inline double nanmax(double a, double b) { return (b > a || b != b) ? b : a; }
 static inline double nanmin(double a, double b) { return (b < a || b != b) ? b : a; }
@@ -64,15 +64,21 @@ static inline double nanmin(double a, double b) { return (b < a || b != b) ? b :
         case K_SUMSQDEV: BSUM(((double)x[i] - sh) * ((double)x[i] - sh)); break;                    \
         case K_SUMEXP: BSUM(exp((double)x[i] - sh)); break;                                         \
         case K_PROD: for (int64_t i = 0; i < n; i++) acc *= (double)x[i]; break;                    \
-        case K_MAX: {                                                                               \
+        case K_MAX: { /* vectorized max; NaN tracked separately and propagated */                    \
+            if (acc != acc) break;                                                                  \
             T m = (T)acc;                                                                           \
-            for (int64_t i = 0; i < n; i++) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;              \
-            acc = m;                                                                                \
+            int nf = 0;                                                                             \
+            _Pragma("omp simd reduction(max : m) reduction(| : nf)")                                \
+            for (int64_t i = 0; i < n; i++) { T v = x[i]; m = v > m ? v : m; nf |= v != v; }         \
+            acc = nf ? (double)NAN : (double)m;                                                     \
         } break;                                                                                    \
         case K_MIN: {                                                                               \
+            if (acc != acc) break;                                                                  \
             T m = (T)acc;                                                                           \
-            for (int64_t i = 0; i < n; i++) m = (x[i] < m || x[i] != x[i]) ? x[i] : m;              \
-            acc = m;                                                                                \
+            int nf = 0;                                                                             \
+            _Pragma("omp simd reduction(min : m) reduction(| : nf)")                                \
+            for (int64_t i = 0; i < n; i++) { T v = x[i]; m = v < m ? v : m; nf |= v != v; }         \
+            acc = nf ? (double)NAN : (double)m;                                                     \
         } break;                                                                                    \
         case K_MAXABS: for (int64_t i = 0; i < n; i++) acc = nanmax(acc, fabs((double)x[i])); break; \
         case K_MINABS: for (int64_t i = 0; i < n; i++) acc = nanmin(acc, fabs((double)x[i])); break; \
@@ -373,6 +379,12 @@ static ml_err run_reduce(acc_t **res, int64_t *nout, ml_tensor *ac, const bool *
     return ML_OK;
 }
 
+static int64_t shape_numel_(int nd, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= shape[i];
+    return n;
+}
+
 static int64_t red_count(const ml_tensor *a, const bool *red) {
     int64_t c = 1;
     for (int d = 0; d < a->ndim; d++) if (red[d]) c *= a->shape[d];
@@ -560,5 +572,496 @@ done:
     free(acc);
     free(acc2);
     free(shift);
+    return e;
+}
+
+/* ================================================================ var/std */
+static ml_err bw_var(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const red_params *p = (const red_params *)n->params;
+    ml_tensor *x = ml_node_saved(n, 0), *mean = ml_node_saved(n, 1), *gk = NULL, *g2 = NULL, *r = NULL;
+    if (!x || !mean) return ML_ERR_GRAD;
+    ml_err e = grad_keepdim(&gk, gout[0], n, p->red);
+    if (e) return e;
+    if (p->kind) { /* std: g / (2 std) */
+        ml_tensor *o = ml_node_saved(n, 2), *ok = NULL;
+        if (!o) { ml_tensor_release(gk); return ML_ERR_GRAD; }
+        e = grad_keepdim(&ok, o, n, p->red);
+        if (!e) e = ml_ew_map(&g2, "std", IOP_G_STDSCALE, 2, (ml_tensor *[]){gk, ok}, NULL);
+        ml_tensor_release(ok);
+    } else {
+        ml_tensor_retain(gk);
+        g2 = gk;
+    }
+    double pr[2] = {p->p, 0};
+    if (!e) e = ml_ew_map(&r, p->kind ? "std" : "var", IOP_G_VAR, 3, (ml_tensor *[]){g2, x, mean}, pr);
+    ml_tensor_release(gk);
+    ml_tensor_release(g2);
+    if (e) return e;
+    return ml_grad_finish(&gin[0], r, n, 0);
+}
+
+ml_err ml_var(ml_tensor **out, ml_tensor *a, int ndims, const int *dims, double correction, bool keepdim,
+              bool take_sqrt) {
+    *out = NULL;
+    const char *name = take_sqrt ? "std" : "var";
+    ml_err e;
+    if ((e = ml_tensor_plain(a))) return e;
+    bool red[ML_MAX_DIMS];
+    if ((e = parse_dims(name, a, ndims, dims, red))) return e;
+    int64_t oshape[ML_MAX_DIMS], kshape[ML_MAX_DIMS];
+    int ond = red_out_shape(a, red, keepdim, oshape);
+    keep_shape(a->ndim, a->shape, red, kshape);
+    int64_t count = red_count(a, red);
+    ml_dtype ad = (ml_dtype)a->dtype, kd = ad == ML_F64 ? ML_F64 : ML_F32, od = ml_dtype_is_float(ad) ? ad : ML_F32;
+    ml_tensor *ac = NULL, *res = NULL, *mt = NULL;
+    acc_t *acc = NULL, *acc2 = NULL;
+    double *mean = NULL;
+    int64_t no;
+    if ((e = prep_input(&ac, a, kd))) return e;
+    if ((e = run_reduce(&acc, &no, ac, red, K_SUM, 0, NULL))) goto done;
+    mean = malloc((size_t)(no > 0 ? no : 1) * sizeof(double));
+    if (!mean) { e = ml_seterr(ML_ERR_OOM, "%s: out of memory", name); goto done; }
+    for (int64_t i = 0; i < no; i++) mean[i] = count ? acc[i].d / (double)count : NAN;
+    if ((e = run_reduce(&acc2, &no, ac, red, K_SUMSQDEV, 0, mean))) goto done;
+    double den = (double)count - correction;
+    if (den < 0) den = 0;
+    for (int64_t i = 0; i < no; i++) {
+        double v = acc2[i].d / den;
+        acc2[i].d = take_sqrt ? sqrt(v) : v;
+    }
+    if ((e = out_from_doubles(&res, kd, ond, oshape, (const double *)acc2, no))) goto done;
+    if ((e = cast_to(&res, od))) goto done;
+    if (ml_dtype_is_float(ad) && ml_needs_grad(1, &a)) {
+        if ((e = out_from_doubles(&mt, kd, a->ndim, kshape, mean, no))) goto done;
+        red_params p = {.count = count, .p = 2.0 / den, .corr = correction, .kind = take_sqrt};
+        memcpy(p.red, red, sizeof red);
+        ml_node *n;
+        if ((e = ml_record(name, bw_var, 1, &a, res, &n))) goto done;
+        memcpy(n->params, &p, sizeof p);
+        if (ml_node_save(n, a) < 0 || ml_node_save(n, mt) < 0) { e = ML_ERR_INTERNAL; goto done; }
+        if (take_sqrt) {
+            ml_tensor *d;
+            if ((e = ml_detach(&d, res))) goto done;
+            int k = ml_node_save(n, d);
+            ml_tensor_release(d);
+            if (k < 0) { e = ML_ERR_INTERNAL; goto done; }
+        }
+    }
+    *out = res;
+    res = NULL;
+done:
+    ml_tensor_release(ac);
+    ml_tensor_release(res);
+    ml_tensor_release(mt);
+    free(acc);
+    free(acc2);
+    free(mean);
+    return e;
+}
+
+/* =================================================================== norm */
+static ml_err bw_norm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const red_params *p = (const red_params *)n->params;
+    ml_tensor *x = ml_node_saved(n, 0), *o = ml_node_saved(n, 1), *gk = NULL, *ok = NULL, *r = NULL;
+    if (!x || !o) return ML_ERR_GRAD;
+    ml_err e = grad_keepdim(&gk, gout[0], n, p->red);
+    if (!e) e = grad_keepdim(&ok, o, n, p->red);
+    if (e) goto done;
+    double pv = p->p, pr[2] = {pv, 0};
+    if (pv == 2) {
+        e = ml_ew_map(&r, "norm", IOP_G_NORM2, 3, (ml_tensor *[]){gk, x, ok}, NULL);
+    } else if (pv == 1) {
+        ml_tensor *ge;
+        e = ml_expand(&ge, gk, x->ndim, x->shape);
+        if (!e) e = ml_ew_map(&r, "norm", IOP_G_ABS, 2, (ml_tensor *[]){ge, x}, NULL);
+        ml_tensor_release(ge);
+    } else if (pv == 0) {
+        e = ml_zeros(&r, (ml_dtype)gk->dtype, x->ndim, x->shape);
+    } else if (isinf(pv)) {
+        ml_tensor *ax = NULL, *one = NULL, *m = NULL, *cnt = NULL, *gs = NULL;
+        int dims[ML_MAX_DIMS], nd = 0;
+        for (int d = 0; d < x->ndim; d++) if (p->red[d]) dims[nd++] = d;
+        if (x->ndim == 0) { dims[0] = 0; nd = 1; }
+        e = ml_ew_map(&ax, "norm", IOP_ABS, 1, &x, NULL);
+        if (!e) e = ml_scalar_tensor(&one, (ml_dtype)gk->dtype, 1);
+        if (!e) e = ml_ew_map(&m, "norm", IOP_G_EQMASK, 3, (ml_tensor *[]){one, ax, ok}, NULL);
+        if (!e) e = ml_reduce(&cnt, ML_RSUM, m, nd, dims, true);
+        if (!e) e = ml_ew_map(&gs, "norm", IOP_DIV, 2, (ml_tensor *[]){gk, cnt}, NULL);
+        if (!e) e = ml_ew_map(&r, "norm", IOP_G_NORMINF, 3, (ml_tensor *[]){gs, x, ok}, NULL);
+        ml_tensor_release(ax); ml_tensor_release(one); ml_tensor_release(m); ml_tensor_release(cnt);
+        ml_tensor_release(gs);
+    } else {
+        e = ml_ew_map(&r, "norm", IOP_G_NORMP, 3, (ml_tensor *[]){gk, x, ok}, pr);
+    }
+done:
+    ml_tensor_release(gk);
+    ml_tensor_release(ok);
+    if (e) { ml_tensor_release(r); return e; }
+    return ml_grad_finish(&gin[0], r, n, 0);
+}
+
+ml_err ml_norm(ml_tensor **out, ml_tensor *a, double p, int ndims, const int *dims, bool keepdim) {
+    *out = NULL;
+    ml_err e;
+    if ((e = ml_tensor_plain(a))) return e;
+    if (isnan(p)) return ml_seterr(ML_ERR_ARG, "norm: p must not be NaN");
+    bool red[ML_MAX_DIMS];
+    if ((e = parse_dims("norm", a, ndims, dims, red))) return e;
+    int64_t oshape[ML_MAX_DIMS];
+    int ond = red_out_shape(a, red, keepdim, oshape);
+    ml_dtype ad = (ml_dtype)a->dtype, kd = ad == ML_F64 ? ML_F64 : ML_F32, od = ml_dtype_is_float(ad) ? ad : ML_F32;
+    int kop = p == 2 ? K_SUMSQ : p == 1 ? K_SUMABS : p == INFINITY ? K_MAXABS : p == -INFINITY ? K_MINABS
+            : p == 0 ? K_COUNTNZ : K_SUMPOW;
+    ml_tensor *ac = NULL, *res = NULL;
+    acc_t *acc = NULL;
+    int64_t no;
+    if ((e = prep_input(&ac, a, kd))) return e;
+    if ((e = run_reduce(&acc, &no, ac, red, kop, p, NULL))) goto done;
+    for (int64_t i = 0; i < no; i++) {
+        if (kop == K_SUMSQ) acc[i].d = sqrt(acc[i].d);
+        else if (kop == K_SUMPOW) acc[i].d = pow(acc[i].d, 1.0 / p);
+    }
+    if ((e = out_from_doubles(&res, kd, ond, oshape, (const double *)acc, no))) goto done;
+    if ((e = cast_to(&res, od))) goto done;
+    {
+        red_params pp = {.p = p, .count = red_count(a, red)};
+        memcpy(pp.red, red, sizeof red);
+        if (ml_dtype_is_float(ad) && (e = record_saving("norm", bw_norm, a, res, &pp, sizeof pp, a, res, true))) goto done;
+    }
+    *out = res;
+    res = NULL;
+done:
+    ml_tensor_release(ac);
+    ml_tensor_release(res);
+    free(acc);
+    return e;
+}
+
+/* ======================================================= max/min along a dim */
+#define FNAN(v) ((v) != (v))
+#define INAN(v) 0
+#define DEF_ARGEXT(SUF, T, ISNAN)                                                                  \
+    static inline bool better_##SUF(bool mx, T v, T b) {                                            \
+        if (ISNAN(b)) return false;                                                                 \
+        if (ISNAN(v)) return true;                                                                  \
+        return mx ? v > b : v < b;                                                                  \
+    }                                                                                               \
+    /* best of x[lo, hi) (hi > lo): first occurrence, first NaN wins. A vectorized max/min pass,   \
+     * then a blocked vectorized search for the first element equal to it. */                      \
+    static void seg_##SUF(bool mx, const T *x, int64_t lo, int64_t hi, T *bv, int64_t *bi) {        \
+        T m = x[lo];                                                                                \
+        int nf = 0;                                                                                 \
+        if (mx) {                                                                                   \
+            _Pragma("omp simd reduction(max : m) reduction(| : nf)")                                \
+            for (int64_t i = lo; i < hi; i++) { T v = x[i]; m = v > m ? v : m; nf |= ISNAN(v); }    \
+        } else {                                                                                    \
+            _Pragma("omp simd reduction(min : m) reduction(| : nf)")                                \
+            for (int64_t i = lo; i < hi; i++) { T v = x[i]; m = v < m ? v : m; nf |= ISNAN(v); }    \
+        }                                                                                           \
+        for (int64_t b = lo; b < hi; b += 1024) {                                                   \
+            int64_t e = hi - b < 1024 ? hi : b + 1024;                                              \
+            int hit = 0;                                                                            \
+            if (nf) {                                                                               \
+                _Pragma("omp simd reduction(| : hit)")                                              \
+                for (int64_t i = b; i < e; i++) hit |= ISNAN(x[i]);                                 \
+            } else {                                                                                \
+                _Pragma("omp simd reduction(| : hit)")                                              \
+                for (int64_t i = b; i < e; i++) hit |= x[i] == m;                                   \
+            }                                                                                       \
+            if (!hit) continue;                                                                     \
+            for (int64_t i = b; i < e; i++)                                                         \
+                if (nf ? ISNAN(x[i]) : x[i] == m) { *bv = x[i]; *bi = i; return; }                  \
+        }                                                                                           \
+        *bv = x[lo]; /* not reached */                                                              \
+        *bi = lo;                                                                                   \
+    }                                                                                               \
+    static void argext_##SUF(bool mx, const T *x, int64_t outer, int64_t R, int64_t inner, T *vals, int64_t *idx) { \
+        int64_t total = outer * R * inner;                                                          \
+        int nt = total < 2 * ML_ITER_GRAIN ? 1 : ml_num_threads();                                  \
+        if (nt > MAX_PART_THREADS) nt = MAX_PART_THREADS;                                           \
+        if (inner == 1 && outer < nt) {                                                             \
+            T pb[MAX_PART_THREADS];                                                                 \
+            int64_t pi[MAX_PART_THREADS];                                                           \
+            for (int64_t o = 0; o < outer; o++) {                                                   \
+                const T *row = x + o * R;                                                           \
+                _Pragma("omp parallel for num_threads(nt) schedule(static)")                        \
+                for (int t = 0; t < nt; t++) {                                                      \
+                    int64_t lo = R * t / nt, hi = R * (t + 1) / nt;                                 \
+                    if (lo >= hi) { pi[t] = -1; continue; }                                         \
+                    seg_##SUF(mx, row, lo, hi, &pb[t], &pi[t]);                                     \
+                }                                                                                   \
+                T b = row[0];                                                                       \
+                int64_t bi = 0;                                                                     \
+                for (int t = 0; t < nt; t++)                                                        \
+                    if (pi[t] >= 0 && better_##SUF(mx, pb[t], b)) { b = pb[t]; bi = pi[t]; }         \
+                if (vals) vals[o] = b;                                                              \
+                idx[o] = bi;                                                                        \
+            }                                                                                       \
+            return;                                                                                 \
+        }                                                                                           \
+        if (inner == 1) {                                                                           \
+            _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                \
+            for (int64_t o = 0; o < outer; o++) {                                                   \
+                T b;                                                                                \
+                int64_t bi;                                                                         \
+                seg_##SUF(mx, x + o * R, 0, R, &b, &bi);                                            \
+                if (vals) vals[o] = b;                                                              \
+                idx[o] = bi;                                                                        \
+            }                                                                                       \
+            return;                                                                                 \
+        }                                                                                           \
+        int64_t ncb = (inner + RED_CB - 1) / RED_CB, tasks = outer * ncb;                           \
+        _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                    \
+        for (int64_t task = 0; task < tasks; task++) {                                              \
+            int64_t o = task / ncb, c0 = (task % ncb) * RED_CB, cn = inner - c0 < RED_CB ? inner - c0 : RED_CB; \
+            T b[RED_CB];                                                                            \
+            int64_t bi[RED_CB];                                                                     \
+            const T *r0 = x + o * R * inner + c0;                                                   \
+            for (int64_t j = 0; j < cn; j++) { b[j] = r0[j]; bi[j] = 0; }                           \
+            for (int64_t r = 1; r < R; r++) {                                                       \
+                const T *row = r0 + r * inner;                                                      \
+                for (int64_t j = 0; j < cn; j++) {                                                  \
+                    T v = row[j];                                                                   \
+                    bool t = !ISNAN(b[j]) && (ISNAN(v) || (mx ? v > b[j] : v < b[j]));              \
+                    b[j] = t ? v : b[j];                                                            \
+                    bi[j] = t ? r : bi[j];                                                          \
+                }                                                                                   \
+            }                                                                                       \
+            for (int64_t j = 0; j < cn; j++) {                                                      \
+                if (vals) vals[o * inner + c0 + j] = b[j];                                          \
+                idx[o * inner + c0 + j] = bi[j];                                                    \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+DEF_ARGEXT(f32, float, FNAN)
+DEF_ARGEXT(f64, double, FNAN)
+DEF_ARGEXT(i64, int64_t, INAN)
+
+typedef struct {
+    int dim;
+    bool keepdim;
+} maxdim_params;
+
+static ml_err bw_maxdim(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const maxdim_params *p = (const maxdim_params *)n->params;
+    ml_tensor *idx = ml_node_saved(n, 0), *gk = NULL, *z = NULL;
+    if (!idx) return ML_ERR_GRAD;
+    ml_err e = ml_reshape(&gk, gout[0], idx->ndim, idx->shape);
+    if (!e) e = ml_zeros(&z, (ml_dtype)gout[0]->dtype, n->in_ndim[0], n->in_shape[0]);
+    if (!e) {
+        if (n->in_ndim[0] == 0) e = ml_copy_(z, gk);
+        else e = ml_scatter_add_(z, p->dim, idx, gk);
+    }
+    ml_tensor_release(gk);
+    if (e) { ml_tensor_release(z); return e; }
+    return ml_grad_finish(&gin[0], z, n, 0);
+}
+
+static ml_err argext(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int dim, bool keepdim, bool mx,
+                     const char *name) {
+    if (values) *values = NULL;
+    *indices = NULL;
+    ml_err e;
+    if ((e = ml_tensor_plain(a))) return e;
+    bool flat = dim == ML_ALL_DIMS;
+    int d = 0;
+    int64_t outer = 1, R = 1, inner = 1;
+    if (flat) {
+        R = ml_tensor_numel(a);
+    } else {
+        d = ml_wrap_dim(name, dim, a->ndim);
+        if (d < 0) return ML_ERR_DIM;
+        if (a->ndim > 0) {
+            for (int i = 0; i < d; i++) outer *= a->shape[i];
+            R = a->shape[d];
+            for (int i = d + 1; i < a->ndim; i++) inner *= a->shape[i];
+        }
+    }
+    int64_t oshape[ML_MAX_DIMS];
+    int ond = 0;
+    if (flat) {
+        if (keepdim) for (int i = 0; i < a->ndim; i++) oshape[ond++] = 1;
+    } else {
+        for (int i = 0; i < a->ndim; i++) {
+            if (i == d) { if (keepdim) oshape[ond++] = 1; }
+            else oshape[ond++] = a->shape[i];
+        }
+    }
+    if (R == 0 && outer * inner > 0)
+        return ml_seterr(ML_ERR_ARG, "%s: cannot reduce over a zero-size dimension (input shape %s, dim %d)", name,
+                         ml_shape_str(a->ndim, a->shape), d);
+    ml_dtype ad = (ml_dtype)a->dtype;
+    ml_dtype kd = ml_dtype_is_float(ad) ? (ad == ML_F64 ? ML_F64 : ML_F32) : ML_I64;
+    ml_tensor *ac = NULL, *vt = NULL, *it = NULL, *ik = NULL;
+    if ((e = prep_input(&ac, a, kd))) return e;
+    if ((e = ml_tensor_empty(&it, ML_I64, ond, oshape))) goto done;
+    if (values && (e = ml_tensor_empty(&vt, kd, ond, oshape))) goto done;
+    if (outer * R * inner > 0) {
+        void *vd = vt ? ml_tensor_data(vt) : NULL;
+        int64_t *id = ml_tensor_data(it);
+        if (kd == ML_F32) argext_f32(mx, ml_tensor_data(ac), outer, R, inner, vd, id);
+        else if (kd == ML_F64) argext_f64(mx, ml_tensor_data(ac), outer, R, inner, vd, id);
+        else argext_i64(mx, ml_tensor_data(ac), outer, R, inner, vd, id);
+    }
+    if (vt) {
+        if ((e = cast_to(&vt, ad))) goto done;
+        if (ml_dtype_is_float(ad) && ml_needs_grad(1, &a)) {
+            int64_t ks[ML_MAX_DIMS];
+            for (int i = 0; i < a->ndim; i++) ks[i] = i == d ? 1 : a->shape[i];
+            if ((e = ml_reshape(&ik, it, a->ndim, ks))) goto done;
+            maxdim_params p = {.dim = d, .keepdim = keepdim};
+            if ((e = record_saving(mx ? "max" : "min", bw_maxdim, a, vt, &p, sizeof p, ik, NULL, false))) goto done;
+        }
+        *values = vt;
+        vt = NULL;
+    }
+    *indices = it;
+    it = NULL;
+done:
+    ml_tensor_release(ac);
+    ml_tensor_release(vt);
+    ml_tensor_release(it);
+    ml_tensor_release(ik);
+    return e;
+}
+
+ml_err ml_max_dim(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int dim, bool keepdim) {
+    *values = NULL;
+    *indices = NULL;
+    if (dim == ML_ALL_DIMS) return ml_seterr(ML_ERR_DIM, "max: a dim is required (use amax to reduce all dims)");
+    return argext(values, indices, a, dim, keepdim, true, "max");
+}
+
+ml_err ml_min_dim(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int dim, bool keepdim) {
+    *values = NULL;
+    *indices = NULL;
+    if (dim == ML_ALL_DIMS) return ml_seterr(ML_ERR_DIM, "min: a dim is required (use amin to reduce all dims)");
+    return argext(values, indices, a, dim, keepdim, false, "min");
+}
+
+ml_err ml_argmax(ml_tensor **out, ml_tensor *a, int dim, bool keepdim) {
+    return argext(NULL, out, a, dim, keepdim, true, "argmax");
+}
+
+ml_err ml_argmin(ml_tensor **out, ml_tensor *a, int dim, bool keepdim) {
+    return argext(NULL, out, a, dim, keepdim, false, "argmin");
+}
+
+/* ================================================================= cumsum */
+#define DEF_CUMSUM(SUF, T, ACC)                                                                     \
+    static void cumsum_##SUF(const T *x, T *y, int64_t outer, int64_t R, int64_t inner, bool rev) { \
+        int64_t total = outer * R * inner;                                                          \
+        int nt = total < 2 * ML_ITER_GRAIN ? 1 : ml_num_threads();                                  \
+        if (inner == 1) {                                                                           \
+            _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                \
+            for (int64_t o = 0; o < outer; o++) {                                                   \
+                ACC acc = 0;                                                                        \
+                for (int64_t k = 0; k < R; k++) {                                                   \
+                    int64_t r = rev ? R - 1 - k : k;                                                \
+                    acc += (ACC)x[o * R + r];                                                       \
+                    y[o * R + r] = (T)acc;                                                          \
+                }                                                                                   \
+            }                                                                                       \
+            return;                                                                                 \
+        }                                                                                           \
+        int64_t ncb = (inner + RED_CB - 1) / RED_CB, tasks = outer * ncb;                           \
+        _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                    \
+        for (int64_t task = 0; task < tasks; task++) {                                              \
+            int64_t o = task / ncb, c0 = (task % ncb) * RED_CB, cn = inner - c0 < RED_CB ? inner - c0 : RED_CB; \
+            ACC acc[RED_CB];                                                                        \
+            for (int64_t j = 0; j < cn; j++) acc[j] = 0;                                            \
+            for (int64_t k = 0; k < R; k++) {                                                       \
+                int64_t r = rev ? R - 1 - k : k;                                                    \
+                const T *xr = x + (o * R + r) * inner + c0;                                         \
+                T *yr = y + (o * R + r) * inner + c0;                                               \
+                for (int64_t j = 0; j < cn; j++) { acc[j] += (ACC)xr[j]; yr[j] = (T)acc[j]; }       \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+DEF_CUMSUM(f32, float, double)
+DEF_CUMSUM(f64, double, double)
+DEF_CUMSUM(i64, int64_t, uint64_t)
+
+static ml_err cumsum_impl(ml_tensor **out, ml_tensor *a, int dim, bool rev) {
+    *out = NULL;
+    ml_err e;
+    if ((e = ml_tensor_plain(a))) return e;
+    int d = ml_wrap_dim("cumsum", dim, a->ndim);
+    if (d < 0) return ML_ERR_DIM;
+    int64_t outer = 1, R = 1, inner = 1;
+    if (a->ndim > 0) {
+        for (int i = 0; i < d; i++) outer *= a->shape[i];
+        R = a->shape[d];
+        for (int i = d + 1; i < a->ndim; i++) inner *= a->shape[i];
+    }
+    ml_dtype ad = (ml_dtype)a->dtype;
+    ml_dtype kd = ml_dtype_is_float(ad) ? (ad == ML_F64 ? ML_F64 : ML_F32) : ML_I64;
+    ml_dtype od = ml_dtype_is_float(ad) ? ad : ML_I64;
+    ml_tensor *ac = NULL, *res = NULL;
+    if ((e = prep_input(&ac, a, kd))) return e;
+    if ((e = ml_tensor_empty(&res, kd, a->ndim, a->shape))) { ml_tensor_release(ac); return e; }
+    if (outer * R * inner > 0) {
+        if (kd == ML_F32) cumsum_f32(ml_tensor_data(ac), ml_tensor_data(res), outer, R, inner, rev);
+        else if (kd == ML_F64) cumsum_f64(ml_tensor_data(ac), ml_tensor_data(res), outer, R, inner, rev);
+        else cumsum_i64(ml_tensor_data(ac), ml_tensor_data(res), outer, R, inner, rev);
+    }
+    ml_tensor_release(ac);
+    if ((e = cast_to(&res, od))) return e;
+    *out = res;
+    return ML_OK;
+}
+
+static ml_err bw_cumsum(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const maxdim_params *p = (const maxdim_params *)n->params;
+    ml_tensor *r;
+    ml_err e = cumsum_impl(&r, gout[0], p->dim, true);
+    if (e) return e;
+    return ml_grad_finish(&gin[0], r, n, 0);
+}
+
+ml_err ml_cumsum(ml_tensor **out, ml_tensor *a, int dim) {
+    ml_tensor *r;
+    ml_err e = cumsum_impl(&r, a, dim, false);
+    *out = NULL;
+    if (e) return e;
+    maxdim_params p = {.dim = dim};
+    if ((e = record_saving("cumsum", bw_cumsum, a, r, &p, sizeof p, NULL, NULL, false))) {
+        ml_tensor_release(r);
+        return e;
+    }
+    *out = r;
+    return ML_OK;
+}
+
+/* ================================================================= sum_to */
+ml_err ml_sum_to(ml_tensor **out, ml_tensor *g, int ndim, const int64_t *shape) {
+    *out = NULL;
+    bool same = g->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = g->shape[i] == shape[i];
+    if (same) {
+        ml_tensor_retain(g);
+        *out = g;
+        return ML_OK;
+    }
+    int lead = g->ndim - ndim;
+    int dims[ML_MAX_DIMS], nd = 0;
+    bool ok = lead >= 0;
+    for (int i = 0; ok && i < lead; i++) dims[nd++] = i;
+    for (int i = 0; ok && i < ndim; i++) {
+        int64_t gs = g->shape[lead + i];
+        if (shape[i] == gs) continue;
+        if (shape[i] == 1) dims[nd++] = lead + i;
+        else ok = false;
+    }
+    if (!ok)
+        return ml_seterr(ML_ERR_SHAPE, "sum_to: a tensor of shape %s cannot be summed to shape %s",
+                         ml_shape_str(g->ndim, g->shape), ml_shape_str(ndim, shape));
+    ml_tensor *r;
+    ml_err e = ml_reduce(&r, ML_RSUM, g, nd, dims, true);
+    if (e) return e;
+    e = ml_reshape(out, r, ndim, shape);
+    ml_tensor_release(r);
     return e;
 }

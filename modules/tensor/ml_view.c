@@ -81,7 +81,7 @@ static bool view_strides(const ml_tensor *t, int ndim, const int64_t *shape, int
     /* Compute strides for viewing t with a new shape without copying (PyTorch's algorithm:
      * chunks of t that are contiguous among themselves are re-split). */
     int64_t numel = ml_tensor_numel(t);
-    if (numel == 0) { ml_contiguous_strides(ndim, shape, stride); return true; }
+    if (numel == 0 || t->ndim == 0) { ml_contiguous_strides(ndim, shape, stride); return true; }
     int view_d = ndim - 1;
     int64_t chunk_base_stride = t->ndim ? t->stride[t->ndim - 1] : 1;
     int64_t tensor_numel = 1, view_numel = 1;

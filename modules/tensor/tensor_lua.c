@@ -418,6 +418,10 @@ static void table_validate(lua_State *L, int depth, table_info *ti) {
         } else if (t == LUA_TNUMBER) {
             ti->all_bool = false;
             ti->any_value = true;
+        } else if (t == LUA_TUSERDATA && ml_lua_totensor(L, -1) && ml_tensor_numel(ml_lua_totensor(L, -1)) == 1 &&
+                   !ml_lua_totensor(L, -1)->layout) { /* a one-element tensor counts as its value */
+            if (ml_lua_totensor(L, -1)->dtype != ML_BOOL) ti->all_bool = false;
+            ti->any_value = true;
         } else {
             luaL_error(L, "%s: element %s is a %s, expected a number or a boolean%s", ti->fname, pos_str(ti, depth + 1),
                        lua_typename(L, t), t == LUA_TTABLE ? " (ragged nested table)" : "");
@@ -431,7 +435,12 @@ static void table_fill(lua_State *L, int depth, const table_info *ti, ml_tensor 
     for (lua_Unsigned i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i);
         if (depth + 1 < ti->ndim) table_fill(L, depth + 1, ti, t, off);
-        else ml_lua_write_value(L, -1, t, (*off)++);
+        else if (!ml_lua_write_value(L, -1, t, *off)) { /* a one-element tensor (validated) */
+            ml_tensor *v = ml_lua_totensor(L, -1);
+            if (ml_dtype_is_float((ml_dtype)v->dtype)) ml_lua_write_elem(t, *off, false, 0, ml_lua_read_d(v, v->offset));
+            else ml_lua_write_elem(t, *off, true, ml_lua_read_i(v, v->offset), 0);
+        }
+        if (depth + 1 >= ti->ndim) (*off)++;
         lua_pop(L, 1);
     }
 }
@@ -944,6 +953,10 @@ static int l_tensor(lua_State *L) {
     if (tp != LUA_TTABLE)
         return luaL_error(L, "%s: argument #1: expected a (nested) table, number, boolean or tensor, got %s", fname,
                           luaL_typename(L, 1));
+    if (lua_rawlen(L, 1) == 0) {
+        lua_pushnil(L);
+        if (lua_next(L, 1)) return luaL_error(L, "%s: argument #1: expected a list of numbers, got a table with non-list keys", fname);
+    }
     ml_tensor **slot = ml_lua_newbox(L);
     ml_tensor *t = *slot = ml_lua_table_to_tensor(L, 1, dtype_given ? (int)o.dtype : -1, fname);
     if (o.requires_grad && !ml_dtype_is_float((ml_dtype)t->dtype))

@@ -231,6 +231,90 @@ ML_TEST(conv3d_blocked_f32_vs_f64) {
     agree_case(&c, 1e-4);
 }
 
+/* random odd geometries: large padding, dilation 3, stride 3, groups 3, output_padding < dilation;
+ * whatever oneDNN rejects must fall back and still agree */
+#ifndef CONV_FUZZ_N
+#define CONV_FUZZ_N 60
+#endif
+ML_TEST(conv_fuzz_f32_vs_f64) {
+    for (int it = 0; it < CONV_FUZZ_N; it++) {
+        conv_case c;
+        memset(&c, 0, sizeof c);
+        int k = 1 + rnd(3);
+        c.p.k = k;
+        c.tr = rnd(2);
+        c.bias = rnd(2);
+        int64_t G = 1 + rnd(3);
+        c.p.groups = G;
+        int64_t Cin = G * (1 + rnd(3)), Cout = G * (1 + rnd(3));
+        c.xs[0] = 1 + rnd(2);
+        c.xs[1] = Cin;
+        if (!c.tr) { c.ws[0] = Cout; c.ws[1] = Cin / G; }
+        else { c.ws[0] = Cin; c.ws[1] = Cout / G; }
+        for (int i = 0; i < k; i++) {
+            int64_t K = 1 + rnd(3), s = 1 + rnd(3), d = 1 + rnd(3), pd = rnd(4);
+            c.ws[2 + i] = K;
+            c.p.stride[i] = s;
+            c.p.dilation[i] = d;
+            c.p.padding[i] = pd;
+            int64_t I = 1 + rnd(k == 3 ? 5 : 9);
+            if (!c.tr) {
+                while (I + 2 * pd - d * (K - 1) - 1 < 0) I++;
+            } else {
+                int64_t opmax = (s > d ? s : d) - 1;
+                c.p.output_padding[i] = opmax > 0 ? rnd((int)opmax + 1) : 0;
+                while ((I - 1) * s - 2 * pd + d * (K - 1) + c.p.output_padding[i] + 1 < 1) I++;
+            }
+            c.xs[2 + i] = I;
+        }
+        int failed = ml_t_cur_failed;
+        ml_t_cur_failed = 0;
+        agree_case(&c, 1e-4);
+        if (ml_t_cur_failed) printf("     case: %s\n", case_str(&c));
+        ml_t_cur_failed |= failed;
+    }
+}
+
+ML_TEST(conv_empty_batch) {
+    for (int dt = 0; dt < 2; dt++) {
+        ml_dtype t = dt ? ML_F32 : ML_F64;
+        ml_tensor *x = NULL, *w = NULL, *b = NULL, *y = NULL, *yt = NULL, *wt = NULL;
+        ml_zeros(&x, t, 4, (int64_t[]){0, 3, 5, 5});
+        ml_randn(&w, t, 4, (int64_t[]){4, 3, 3, 3});
+        ml_randn(&wt, t, 4, (int64_t[]){3, 2, 3, 3});
+        ml_randn(&b, t, 1, (int64_t[]){4});
+        ml_conv_params p = {.k = 2, .stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+        ML_CHECK_OK(ml_conv(&y, x, w, b, &p));
+        if (y) ML_CHECK(y->ndim == 4 && y->shape[0] == 0 && y->shape[1] == 4 && y->shape[2] == 5);
+        ML_CHECK_OK(ml_conv_transpose(&yt, x, wt, NULL, &p));
+        if (yt) ML_CHECK(yt->ndim == 4 && yt->shape[0] == 0 && yt->shape[1] == 2);
+        ml_tensor *ts[] = {x, w, b, y, yt, wt};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
+    }
+}
+
+/* an f64 gradient fed to an f32 conv is converted, not misread */
+ML_TEST(conv_grad_dtype_mismatch) {
+    ml_tensor *x = NULL, *w = NULL, *y = NULL, *g = NULL, *g32 = NULL;
+    ml_randn(&x, ML_F32, 3, (int64_t[]){1, 2, 9});
+    ml_randn(&w, ML_F32, 3, (int64_t[]){3, 2, 3});
+    ml_set_requires_grad(x, true);
+    ml_conv_params p = {.k = 1, .stride = {1}, .padding = {0}, .dilation = {1}, .groups = 1};
+    ML_CHECK_OK(ml_conv(&y, x, w, NULL, &p));
+    if (y) {
+        ml_randn(&g, ML_F64, 3, y->shape);
+        g32 = cast(g, ML_F32, false);
+        ML_CHECK_OK(ml_backward(y, g, true));
+        ml_tensor *g1 = x->grad;
+        x->grad = NULL;
+        ML_CHECK_OK(ml_backward(y, g32, false));
+        if (g1 && x->grad) ML_CHECK(ml_t_maxdiff(g1, x->grad) == 0);
+        ml_tensor_release(g1);
+    }
+    ml_tensor *ts[] = {x, w, y, g, g32};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
+}
+
 /* ------------------------------------------------------------ PyTorch references */
 typedef struct {
     int tr, k, xnd;
@@ -372,6 +456,33 @@ ML_TEST(conv_no_grad_records_nothing) {
     ml_tensor_release(y);
 }
 
+/* the autograd node keeps its op name (a static string) however many ops run afterwards */
+ML_TEST(conv_node_name_stable) {
+    ml_tensor *x = NULL, *w = NULL, *y = NULL;
+    ml_randn(&x, ML_F32, 5, (int64_t[]){1, 2, 4, 4, 4});
+    ml_randn(&w, ML_F32, 5, (int64_t[]){2, 2, 1, 1, 1});
+    ml_set_requires_grad(w, true);
+    ml_conv_params p = {.k = 3, .stride = {1, 1, 1}, .padding = {0, 0, 0}, .dilation = {1, 1, 1}, .groups = 1};
+    ML_CHECK_OK(ml_conv(&y, x, w, NULL, &p));
+    for (int i = 0; i < 20; i++) {
+        ml_tensor *z = NULL;
+        ml_conv_params q = p;
+        q.k = 1 + i % 3;
+        ml_tensor *xi = NULL, *wi = NULL;
+        int64_t xs[5] = {1, 2, 4, 4, 4}, ws[5] = {2, 2, 1, 1, 1};
+        ml_randn(&xi, ML_F32, q.k + 2, xs);
+        ml_randn(&wi, ML_F32, q.k + 2, ws);
+        ml_conv_transpose(&z, xi, wi, NULL, &q);
+        ml_tensor_release(z);
+        ml_tensor_release(xi);
+        ml_tensor_release(wi);
+    }
+    ML_CHECK(y && y->grad_fn && strcmp(y->grad_fn->name, "conv3d") == 0);
+    ml_tensor_release(x);
+    ml_tensor_release(w);
+    ml_tensor_release(y);
+}
+
 /* ------------------------------------------------------------ errors */
 static void expect_err(ml_err got, ml_err want, const char *need1, const char *need2, const char *what) {
     if (got != want) {
@@ -462,10 +573,14 @@ int main(void) {
     ML_RUN(conv_transpose2d_f32_vs_f64);
     ML_RUN(conv_transpose3d_f32_vs_f64);
     ML_RUN(conv3d_blocked_f32_vs_f64);
+    ML_RUN(conv_fuzz_f32_vs_f64);
+    ML_RUN(conv_empty_batch);
+    ML_RUN(conv_grad_dtype_mismatch);
     ML_RUN(conv_pytorch_reference);
     ML_RUN(conv_noncontiguous_and_unbatched);
     ML_RUN(conv_primitive_cache_reuse);
     ML_RUN(conv_no_grad_records_nothing);
+    ML_RUN(conv_node_name_stable);
     ML_RUN(conv_errors);
     return ml_test_summary();
 }

@@ -28,9 +28,9 @@ T.case("UNet state_dict keys follow MONAI's names", function()
   end
   -- the top up-layer ends conv-only: no norm/act after its last conv
   T.ok(sd["model.2.1.conv.unit0.adn.N.weight"] == nil, "top layer must end conv-only")
-  -- transposed conv weight layout [in, out, k, k]
+  -- transposed conv weight layout [in, out, k, k]; the top up-layer sees the skip concat: 2 * 4 channels
   local w = sd["model.2.0.conv.weight"]
-  T.eq(table.concat(w:size(), ","), "16,2,3,3")
+  T.eq(table.concat(w:size(), ","), "8,2,3,3")
 end)
 
 T.case("UNet forward shapes and divisibility error", function()

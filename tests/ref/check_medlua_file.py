@@ -6,7 +6,8 @@ tests/lua/test_safetensors.lua and tests/c/test_safetensors.c reading interop_to
     tests/ref/venv/bin/python tests/ref/check_medlua_file.py            # runs build/medlua itself
     tests/ref/venv/bin/python tests/ref/check_medlua_file.py FILE       # checks an existing file
 
-Without FILE it runs `build/medlua tests/lua/test_safetensors.lua` with MEDLUA_INTEROP_OUT set, which
+Without FILE it runs `build/medlua tests/lua/test_safetensors.lua` (or $MEDLUA instead of
+build/medlua) with MEDLUA_INTEROP_OUT set, which
 makes that suite also write its interop tensors (medlua_interop_tensors() there) to that path.
 The expected values below restate that Lua function. Exit status 0 means every check passed.
 """
@@ -110,7 +111,7 @@ def check(path):
 def main():
     if len(sys.argv) > 1:
         return 0 if check(sys.argv[1]) else 1
-    medlua = os.path.join(REPO, "build", "medlua")
+    medlua = os.environ.get("MEDLUA", os.path.join(REPO, "build", "medlua"))
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "medlua_written.safetensors")
         env = dict(os.environ, MEDLUA_INTEROP_OUT=out)
