@@ -2,6 +2,9 @@
 # Runs every test program (C unit tests, Lua suites) and sums their "N passed, N failed" lines.
 # A program that dies without a summary counts as one failure. Ends with the total line.
 set -u
+# Waiting OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning starves the
+# threads doing work (test_conv: 9 s instead of 1.4 s).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 BUILD=${BUILD:-build}
 MEDLUA=$BUILD/medlua
 total_pass=0; total_fail=0

@@ -39,20 +39,24 @@ static inline void philox_group(uint64_t counter0, uint64_t seed, uint32_t r[4][
 #define T float
 #define S(name) name##_f32
 #define EXPT nn_expf
+#define VEXP nn_vexpf
 #define LOGT logf
 #include "ml_act.c"
 #undef T
 #undef S
 #undef EXPT
+#undef VEXP
 #undef LOGT
 #define T double
 #define S(name) name##_f64
 #define EXPT exp
+#define VEXP nn_vexpd
 #define LOGT log
 #include "ml_act.c"
 #undef T
 #undef S
 #undef EXPT
+#undef VEXP
 #undef LOGT
 #undef ML_ACT_GEN
 
@@ -177,20 +181,17 @@ static void S(sm_fwd)(const T *x, T *y, int64_t outer, int64_t D, int64_t inner,
             T *yr = y + o * D;
             T m = -INFINITY;
             for (int64_t d = 0; d < D; d++) m = xr[d] > m ? xr[d] : m;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) yr[d] = xr[d] - m;
+            VEXP(yr, D);
             double s = 0;
-            if (lg) {
 #pragma omp simd reduction(+ : s)
-                for (int64_t d = 0; d < D; d++) s += (double)EXPT(xr[d] - m);
+            for (int64_t d = 0; d < D; d++) s += (double)yr[d];
+            if (lg) {
                 T ls = (T)log(s);
 #pragma omp simd
                 for (int64_t d = 0; d < D; d++) yr[d] = xr[d] - m - ls;
             } else {
-#pragma omp simd reduction(+ : s)
-                for (int64_t d = 0; d < D; d++) {
-                    T ev = EXPT(xr[d] - m);
-                    yr[d] = ev;
-                    s += (double)ev;
-                }
                 T inv = (T)(1.0 / s);
 #pragma omp simd
                 for (int64_t d = 0; d < D; d++) yr[d] *= inv;
@@ -205,22 +206,22 @@ static void S(sm_fwd)(const T *x, T *y, int64_t outer, int64_t D, int64_t inner,
         int64_t o = t / nblk, lo = (t % nblk) * SM_BLK, hi = lo + SM_BLK < inner ? lo + SM_BLK : inner, w = hi - lo;
         const T *xb = x + o * D * inner + lo;
         T *yb = y + o * D * inner + lo;
-        T m[SM_BLK];
+        T m[SM_BLK], e[SM_BLK];
         double s[SM_BLK];
         for (int64_t j = 0; j < w; j++) { m[j] = -INFINITY; s[j] = 0; }
         for (int64_t d = 0; d < D; d++) {
             const T *xr = xb + d * inner;
+#pragma omp simd
             for (int64_t j = 0; j < w; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
         }
         for (int64_t d = 0; d < D; d++) {
             const T *xr = xb + d * inner;
-            T *yr = yb + d * inner;
+            T *ev = lg ? e : yb + d * inner;
 #pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                T ev = EXPT(xr[j] - m[j]);
-                s[j] += (double)ev;
-                if (!lg) yr[j] = ev;
-            }
+            for (int64_t j = 0; j < w; j++) ev[j] = xr[j] - m[j];
+            VEXP(ev, w);
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) s[j] += (double)ev[j];
         }
         if (lg) {
             T ls[SM_BLK];
@@ -257,8 +258,10 @@ static void S(sm_bwd)(const T *y, const T *g, T *dx, int64_t outer, int64_t D, i
 #pragma omp simd reduction(+ : s)
                 for (int64_t d = 0; d < D; d++) s += (double)gr[d];
                 T ts = (T)s;
+                memcpy(dr, yr, sizeof(T) * (size_t)D);
+                VEXP(dr, D);
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++) dr[d] = gr[d] - EXPT(yr[d]) * ts;
+                for (int64_t d = 0; d < D; d++) dr[d] = gr[d] - dr[d] * ts;
             } else {
 #pragma omp simd reduction(+ : s)
                 for (int64_t d = 0; d < D; d++) s += (double)gr[d] * (double)yr[d];
@@ -280,18 +283,23 @@ static void S(sm_bwd)(const T *y, const T *g, T *dx, int64_t outer, int64_t D, i
         for (int64_t j = 0; j < w; j++) s[j] = 0;
         for (int64_t d = 0; d < D; d++) {
             const T *yr = y + base + d * inner, *gr = g + base + d * inner;
-            if (lg)
+            if (lg) {
+#pragma omp simd
                 for (int64_t j = 0; j < w; j++) s[j] += (double)gr[j];
-            else
+            } else {
+#pragma omp simd
                 for (int64_t j = 0; j < w; j++) s[j] += (double)gr[j] * (double)yr[j];
+            }
         }
         for (int64_t j = 0; j < w; j++) ts[j] = (T)s[j];
         for (int64_t d = 0; d < D; d++) {
             const T *yr = y + base + d * inner, *gr = g + base + d * inner;
             T *dr = dx + base + d * inner;
             if (lg) {
+                memcpy(dr, yr, sizeof(T) * (size_t)w);
+                VEXP(dr, w);
 #pragma omp simd
-                for (int64_t j = 0; j < w; j++) dr[j] = gr[j] - EXPT(yr[j]) * ts[j];
+                for (int64_t j = 0; j < w; j++) dr[j] = gr[j] - dr[j] * ts[j];
             } else {
 #pragma omp simd
                 for (int64_t j = 0; j < w; j++) dr[j] = yr[j] * (gr[j] - ts[j]);

@@ -22,6 +22,7 @@ static void stream_dtor(void *p) {
 
 static void engine_init(void) {
     g_engine_status = dnnl_engine_create(&g_engine, dnnl_cpu, 0);
+    ml_register_cache_flush(mld_cache_clear);
     if (g_engine_status != dnnl_success) g_engine = NULL;
     pthread_key_create(&g_stream_key, stream_dtor);
 }

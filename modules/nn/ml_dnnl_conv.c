@@ -2,7 +2,11 @@
  *
  * f32: oneDNN (de)convolution forward / backward_data / backward_weights primitives, cached.
  *      src/weights/dst use format_tag_any so oneDNN picks its blocked layouts; plain tensors are
- *      reordered in and out around each call (reorders are cached with the primitive).
+ *      reordered in and out around each call (reorders are cached with the primitive, scratch
+ *      buffers come from a reuse pool). The reordered output gradient is shared by backward-data
+ *      and backward-weights. 3-D backward-weights with depth padding runs on a depth-prepadded
+ *      copy (see prepad_geo): oneDNN's avx2 kernel rejects depth padding and its gemm fallback is
+ *      ~10x slower.
  * f64: reference OpenMP loops (also the f32 fallback for the rare configs oneDNN rejects).
  *
  * The reference kernels are written for the "conv relation" between a small side X

@@ -44,13 +44,13 @@ typedef struct mld_entry {
     dnnl_primitive_t prim;
     dnnl_primitive_t rd[MLD_NRD];     /* op-defined reorders (NULL: not needed) */
     dnnl_memory_desc_t md[MLD_NMD];   /* op-defined descriptors */
-    size_t ws_size;                   /* workspace bytes (pooling) */
+    size_t ws_size;                   /* workspace bytes (pooling; 0 = none) */
     struct mld_entry *hint;           /* forward entry whose pd was the hint (kept alive) */
 } mld_entry;
 
-/* Build callback: fill e->pd/prim/rd/md (and e->hint: a reference the entry then owns). Return ML_ERR_UNSUPPORTED for "no implementation"
- * (cached as unsupported), other errors are not cached. On error the callback may leave
- * partially created objects in e; they are destroyed. */
+/* Build callback: fill e->pd/prim/rd/md (and e->hint: a reference the entry then owns).
+ * Return ML_ERR_UNSUPPORTED for "no implementation" (cached as unsupported); other errors are
+ * not cached. On error the callback may leave partially created objects in e; they are destroyed. */
 typedef ml_err (*mld_build_fn)(mld_entry *e, void *ud);
 
 /* Find or build the entry for key[0..n). On ML_OK *out holds a reference (mld_put it).
@@ -124,7 +124,7 @@ ml_err mld_grad_in(ml_tensor **out, ml_tensor *g, ml_dtype dt);
 /* Static name like "conv3d", "max_pool2d" for base "conv"/"max_pool"/... and k (base if unknown). */
 const char *mld_opname(const char *base, int k);
 
-/* Pooling / conv reference kernels shared between files. */
+/* PyTorch's pooling output size (floor or ceil mode); with ceil_mode = false also the conv rule. */
 int64_t mld_pool_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode);
 
 #endif

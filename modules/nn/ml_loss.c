@@ -64,22 +64,22 @@ _Static_assert(sizeof(ce_params) <= ML_NODE_PARAM_BYTES, "params");
 #define ML_LOSS_GEN
 #define T float
 #define S(name) name##_f32
-#define EXPT nn_expf
-#define LOG1P01 nn_log1pf01
+#define VEXP nn_vexpf
+#define VLOG1P01 nn_vlog1pf01
 #include "ml_loss.c"
 #undef T
 #undef S
-#undef EXPT
-#undef LOG1P01
+#undef VEXP
+#undef VLOG1P01
 #define T double
 #define S(name) name##_f64
-#define EXPT exp
-#define LOG1P01 log1p
+#define VEXP nn_vexpd
+#define VLOG1P01 nn_vlog1pd
 #include "ml_loss.c"
 #undef T
 #undef S
-#undef EXPT
-#undef LOG1P01
+#undef VEXP
+#undef VLOG1P01
 #undef ML_LOSS_GEN
 
 static ml_err check_reduction(const char *op, ml_reduction r) {
@@ -543,11 +543,17 @@ static void S(ew_bwd)(int kind, double beta, const T *x, const T *y, const T *g,
     }
 }
 
-/* softplus(-x) = log1p(exp(-|x|)) + max(-x, 0); *e = exp(-|x|) */
-static inline T S(sp_neg)(T x, T *e) {
-    T ax = x < 0 ? -x : x;
-    *e = EXPT(-ax);
-    return LOG1P01(*e) + (x < 0 ? -x : (T)0);
+#define BCE_BLK 256
+
+/* e[k] = exp(-|x|), sp[k] = softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) for k < n <= BCE_BLK */
+static inline void S(bce_sp)(const T *x, int64_t n, T *e, T *sp) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) e[k] = x[k] < 0 ? x[k] : -x[k];
+    VEXP(e, n);
+    memcpy(sp, e, sizeof(T) * (size_t)n);
+    VLOG1P01(sp, n);
+#pragma omp simd
+    for (int64_t k = 0; k < n; k++) sp[k] += x[k] < 0 ? -x[k] : (T)0;
 }
 
 static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t n, T *out, double *part) {
@@ -557,13 +563,26 @@ static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t 
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo = c * NN_CHUNK, hi = lo + NN_CHUNK < n ? lo + NN_CHUNK : n;
         double acc = 0;
+        T e[BCE_BLK], sp[BCE_BLK], l[BCE_BLK];
+        for (int64_t b0 = lo; b0 < hi; b0 += BCE_BLK) {
+            int64_t bn = hi - b0 < BCE_BLK ? hi - b0 : BCE_BLK;
+            S(bce_sp)(x + b0, bn, e, sp);
+            const T *xb = x + b0, *yb = y + b0;
+            if (pw) {
+                const T *pb = pw + b0;
+#pragma omp simd
+                for (int64_t k = 0; k < bn; k++) l[k] = ((T)1 - yb[k]) * xb[k] + ((T)1 + (pb[k] - (T)1) * yb[k]) * sp[k];
+            } else {
+#pragma omp simd
+                for (int64_t k = 0; k < bn; k++) l[k] = ((T)1 - yb[k]) * xb[k] + sp[k];
+            }
+            if (w) {
+#pragma omp simd
+                for (int64_t k = 0; k < bn; k++) l[k] *= w[b0 + k];
+            }
+            if (out) memcpy(out + b0, l, sizeof(T) * (size_t)bn);
 #pragma omp simd reduction(+ : acc)
-        for (int64_t i = lo; i < hi; i++) {
-            T e, yv = y[i], lw = pw ? (T)1 + (pw[i] - (T)1) * yv : (T)1;
-            T l = ((T)1 - yv) * x[i] + lw * S(sp_neg)(x[i], &e);
-            if (w) l *= w[i];
-            if (out) out[i] = l;
-            acc += (double)l;
+            for (int64_t k = 0; k < bn; k++) acc += (double)l[k];
         }
         if (part) part[c] = acc;
     }
@@ -573,18 +592,25 @@ static void S(bce_fwd)(const T *x, const T *y, const T *w, const T *pw, int64_t 
 static void S(bce_bwd)(const T *x, const T *y, const T *w, const T *pw, const T *g, double gs, int64_t n, void *const *d) {
     T *dx = d[0], *dy = d[1], *dw = d[2], *dpw = d[3];
     T tgs = (T)gs;
-    int nt = nn_threads(n * 8, n);
-#pragma omp parallel for simd schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < n; i++) {
-        T e, xv = x[i], yv = y[i], pwv = pw ? pw[i] : (T)1, lw = (T)1 + (pwv - (T)1) * yv;
-        T wv = w ? w[i] : (T)1, gv = g ? g[i] : tgs;
-        T sp = S(sp_neg)(xv, &e);
-        /* sigmoid(-x) from e = exp(-|x|) */
-        T sn = xv >= 0 ? e / ((T)1 + e) : (T)1 / ((T)1 + e);
-        if (dx) dx[i] = gv * wv * (((T)1 - yv) - lw * sn);
-        if (dy) dy[i] = gv * wv * (-xv + (pwv - (T)1) * sp);
-        if (dw) dw[i] = gv * (((T)1 - yv) * xv + lw * sp);
-        if (dpw) dpw[i] = gv * wv * yv * sp;
+    int64_t nb = (n + BCE_BLK - 1) / BCE_BLK;
+    int nt = nn_threads(n * 8, nb);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t bi = 0; bi < nb; bi++) {
+        int64_t b0 = bi * BCE_BLK, bn = n - b0 < BCE_BLK ? n - b0 : BCE_BLK;
+        T e[BCE_BLK], sp[BCE_BLK];
+        S(bce_sp)(x + b0, bn, e, sp);
+#pragma omp simd
+        for (int64_t k = 0; k < bn; k++) {
+            int64_t i = b0 + k;
+            T xv = x[i], yv = y[i], pwv = pw ? pw[i] : (T)1, lw = (T)1 + (pwv - (T)1) * yv;
+            T wv = w ? w[i] : (T)1, gv = g ? g[i] : tgs;
+            /* sigmoid(-x) from e = exp(-|x|) */
+            T sn = (xv >= 0 ? e[k] : (T)1) / ((T)1 + e[k]);
+            if (dx) dx[i] = gv * wv * (((T)1 - yv) - lw * sn);
+            if (dy) dy[i] = gv * wv * (-xv + (pwv - (T)1) * sp[k]);
+            if (dw) dw[i] = gv * (((T)1 - yv) * xv + lw * sp[k]);
+            if (dpw) dpw[i] = gv * wv * yv * sp[k];
+        }
     }
 }
 
@@ -614,8 +640,12 @@ static void S(ce_fwd)(const ce_params *p, const T *x, const void *tgt, const dou
         for (int64_t c = 0; c < C; c++) {
             const T *xr = xb + c * Sz;
             double wc = w ? w[c] : 1.0;
+            T ev[CE_BLK];
 #pragma omp simd
-            for (int64_t j = 0; j < bw; j++) s[j] += (double)EXPT(xr[j] - m[j]);
+            for (int64_t j = 0; j < bw; j++) ev[j] = xr[j] - m[j];
+            VEXP(ev, bw);
+#pragma omp simd
+            for (int64_t j = 0; j < bw; j++) s[j] += (double)ev[j];
             if (smooth) { /* a1 = sum_c w_c x_c */
 #pragma omp simd
                 for (int64_t j = 0; j < bw; j++) a1[j] += wc * (double)xr[j];
@@ -693,16 +723,20 @@ static void S(ce_bwd)(const ce_params *p, const T *x, const void *tgt, const dou
             T wc = (T)(w ? w[c] : 1.0);
             if (dx) {
                 T *dr = dx + off + c * Sz;
+#pragma omp simd
+                for (int64_t j = 0; j < bw; j++) dr[j] = xr[j] - l[j];
+                VEXP(dr, bw);
                 if (tp) {
                     const T *yr = tp + off + c * Sz;
                     T keep = (T)(1.0 - ls), add = (T)lsc;
 #pragma omp simd
-                    for (int64_t j = 0; j < bw; j++)
-                        dr[j] = a[j] * EXPT(xr[j] - l[j]) - cw[j] * wc * (yr[j] * keep + add);
+                    for (int64_t j = 0; j < bw; j++) dr[j] = a[j] * dr[j] - cw[j] * wc * (yr[j] * keep + add);
                 } else {
+                    T cwc[CE_BLK];
 #pragma omp simd
-                    for (int64_t j = 0; j < bw; j++)
-                        dr[j] = a[j] * EXPT(xr[j] - l[j]) - cw[j] * wc - (tg[j] == c ? bt[j] : (T)0);
+                    for (int64_t j = 0; j < bw; j++) cwc[j] = tg[j] == c ? bt[j] : (T)0;
+#pragma omp simd
+                    for (int64_t j = 0; j < bw; j++) dr[j] = a[j] * dr[j] - cw[j] * wc - cwc[j];
                 }
             }
             if (dy) {

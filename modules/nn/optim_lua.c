@@ -1,7 +1,8 @@
 /* Lua binding for optimizer kernels and small runtime utilities used by the Lua library:
  *   medlua.adam_step_(p, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled, step)
  *   medlua.clock()   monotonic seconds (for rates and ETAs)
- *   medlua.isatty(fd) */
+ *   medlua.isatty(fd)
+ *   medlua.empty_cache()  full GC, then drop backend caches (oneDNN primitives, scratch buffers) */
 #include "tensor/tensor_lua.h"
 #include "tensor/ml_tensor.h"
 
@@ -35,7 +36,14 @@ static int l_isatty(lua_State *L) {
     return 1;
 }
 
+static int l_empty_cache(lua_State *L) {
+    lua_gc(L, LUA_GCCOLLECT);
+    ml_flush_caches();
+    return 0;
+}
+
 static const luaL_Reg util_funcs[] = {
+    {"empty_cache", l_empty_cache},
     {"adam_step_", l_adam_step}, {"clock", l_clock}, {"isatty", l_isatty}, {NULL, NULL}};
 
 /* Adds the functions to the table on top of the stack. */

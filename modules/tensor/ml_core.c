@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -168,13 +169,44 @@ static void mem_add(int dev, int64_t n) {
     }
 }
 
+/* Large buffers are 2 MiB aligned and advised as huge pages: on VMs a fresh 32 MB activation costs
+ * 3-5x less in page faults that way, and every large op output is such a buffer. */
+#define ML_HUGE (2u << 20)
+static void *raw_alloc(size_t sz) {
+    if (sz >= ML_HUGE) {
+        size_t hsz = (sz + ML_HUGE - 1) & ~(size_t)(ML_HUGE - 1);
+        void *p = aligned_alloc(ML_HUGE, hsz);
+        if (p) madvise(p, hsz, MADV_HUGEPAGE);
+        return p;
+    }
+    return aligned_alloc(64, sz);
+}
+
+#define ML_MAX_FLUSH 8
+static void (*g_flush[ML_MAX_FLUSH])(void);
+static int g_nflush;
+static pthread_mutex_t g_flush_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void ml_register_cache_flush(void (*fn)(void)) {
+    pthread_mutex_lock(&g_flush_mu);
+    bool have = false;
+    for (int i = 0; i < g_nflush; i++) have |= g_flush[i] == fn;
+    if (!have && g_nflush < ML_MAX_FLUSH) g_flush[g_nflush++] = fn;
+    pthread_mutex_unlock(&g_flush_mu);
+}
+
+void ml_flush_caches(void) {
+    for (int i = 0; i < g_nflush; i++) g_flush[i]();
+}
+
 void *ml_alloc_bytes(size_t n) {
     size_t sz = (n + 63) & ~(size_t)63;
     if (sz == 0) sz = 64;
-    void *p = aligned_alloc(64, sz);
+    void *p = raw_alloc(sz);
     if (!p && g_oom_fn && g_main_set && pthread_equal(pthread_self(), g_main_thread)) {
-        g_oom_fn(g_oom_ud); /* full GC, then one retry */
-        p = aligned_alloc(64, sz);
+        g_oom_fn(g_oom_ud); /* full GC, drop backend caches, then one retry */
+        ml_flush_caches();
+        p = raw_alloc(sz);
     }
     if (!p) {
         ml_seterr(ML_ERR_OOM, "out of memory allocating %zu bytes (live %lld bytes)", n,

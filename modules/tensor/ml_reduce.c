@@ -17,6 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Loop over [0, n) on `nt` threads (a variable in scope). Single-threaded work runs inline: an
+ * OpenMP region costs about a microsecond even when an if(0) clause skips the team. */
+#define ML_PAR_FOR(T, i, n, ...)                                                                    \
+    do {                                                                                            \
+        if (nt > 1) {                                                                               \
+            _Pragma("omp parallel for num_threads(nt) schedule(static)")                            \
+            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
+        } else {                                                                                    \
+            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
+        }                                                                                           \
+    } while (0)
+
 static const char *redop_names[ML_NREDOPS] = {"sum", "mean", "prod", "amax", "amin", "logsumexp"};
 
 /* ------------------------------------------------------------ kernel ops */
@@ -235,14 +247,13 @@ static ml_err reduce_engine(const kspec *k, const char *x, int nd, const int64_t
 
     if (inner_red) {
         if (nko >= nt || nt == 1) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-            for (int64_t o = 0; o < nko; o++) {
+            ML_PAR_FOR(int64_t, o, nko, {
                 int64_t ok = blk_off(nk, ks, kst, o);
                 acc_t acc;
                 k_init(k, &acc, 1);
                 for (int64_t r = 0; r < nro; r++) k_row(k, x + (size_t)(ok + blk_off(nr, rs, rst, r)) * es, inner, &acc, o);
                 res[o] = acc;
-            }
+            });
         } else {
             acc_t part[MAX_PART_THREADS];
             for (int64_t o = 0; o < nko; o++) {
@@ -270,8 +281,7 @@ static ml_err reduce_engine(const kspec *k, const char *x, int nd, const int64_t
 
     int64_t ncb = (inner + RED_CB - 1) / RED_CB, tasks = nko * ncb;
     if (tasks >= nt || nt == 1 || nro < 4 * nt) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t task = 0; task < tasks; task++) {
+        ML_PAR_FOR(int64_t, task, tasks, {
             int64_t o2 = task / ncb, c0 = (task % ncb) * RED_CB, cn = inner - c0 < RED_CB ? inner - c0 : RED_CB;
             acc_t acc[RED_CB];
             k_init(k, acc, cn);
@@ -279,7 +289,7 @@ static ml_err reduce_engine(const kspec *k, const char *x, int nd, const int64_t
             for (int64_t r = 0; r < nro; r++)
                 k_col(k, x + (size_t)(ok + blk_off(nr, rs, rst, r) + c0) * es, cn, acc, o2 * inner + c0);
             memcpy(res + o2 * inner + c0, acc, (size_t)cn * sizeof(acc_t));
-        }
+        });
         return ML_OK;
     }
     acc_t *part = malloc((size_t)nt * RED_CB * sizeof(acc_t));
@@ -800,19 +810,17 @@ done:
             return;                                                                                 \
         }                                                                                           \
         if (inner == 1) {                                                                           \
-            _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                \
-            for (int64_t o = 0; o < outer; o++) {                                                   \
+            ML_PAR_FOR(int64_t, o, outer, {                                                         \
                 T b;                                                                                \
                 int64_t bi;                                                                         \
                 seg_##SUF(mx, x + o * R, 0, R, &b, &bi);                                            \
                 if (vals) vals[o] = b;                                                              \
                 idx[o] = bi;                                                                        \
-            }                                                                                       \
+            });                                                                                     \
             return;                                                                                 \
         }                                                                                           \
         int64_t ncb = (inner + RED_CB - 1) / RED_CB, tasks = outer * ncb;                           \
-        _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                    \
-        for (int64_t task = 0; task < tasks; task++) {                                              \
+        ML_PAR_FOR(int64_t, task, tasks, {                                                          \
             int64_t o = task / ncb, c0 = (task % ncb) * RED_CB, cn = inner - c0 < RED_CB ? inner - c0 : RED_CB; \
             T b[RED_CB];                                                                            \
             int64_t bi[RED_CB];                                                                     \
@@ -831,7 +839,7 @@ done:
                 if (vals) vals[o * inner + c0 + j] = b[j];                                          \
                 idx[o * inner + c0 + j] = bi[j];                                                    \
             }                                                                                       \
-        }                                                                                           \
+        });                                                                                         \
     }
 
 DEF_ARGEXT(f32, float, FNAN)
@@ -954,20 +962,18 @@ ml_err ml_argmin(ml_tensor **out, ml_tensor *a, int dim, bool keepdim) {
         int64_t total = outer * R * inner;                                                          \
         int nt = total < 2 * ML_ITER_GRAIN ? 1 : ml_num_threads();                                  \
         if (inner == 1) {                                                                           \
-            _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                \
-            for (int64_t o = 0; o < outer; o++) {                                                   \
+            ML_PAR_FOR(int64_t, o, outer, {                                                         \
                 ACC acc = 0;                                                                        \
                 for (int64_t k = 0; k < R; k++) {                                                   \
                     int64_t r = rev ? R - 1 - k : k;                                                \
                     acc += (ACC)x[o * R + r];                                                       \
                     y[o * R + r] = (T)acc;                                                          \
                 }                                                                                   \
-            }                                                                                       \
+            });                                                                                     \
             return;                                                                                 \
         }                                                                                           \
         int64_t ncb = (inner + RED_CB - 1) / RED_CB, tasks = outer * ncb;                           \
-        _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                    \
-        for (int64_t task = 0; task < tasks; task++) {                                              \
+        ML_PAR_FOR(int64_t, task, tasks, {                                                          \
             int64_t o = task / ncb, c0 = (task % ncb) * RED_CB, cn = inner - c0 < RED_CB ? inner - c0 : RED_CB; \
             ACC acc[RED_CB];                                                                        \
             for (int64_t j = 0; j < cn; j++) acc[j] = 0;                                            \
@@ -977,7 +983,7 @@ ml_err ml_argmin(ml_tensor **out, ml_tensor *a, int dim, bool keepdim) {
                 T *yr = y + (o * R + r) * inner + c0;                                               \
                 for (int64_t j = 0; j < cn; j++) { acc[j] += (ACC)xr[j]; yr[j] = (T)acc[j]; }       \
             }                                                                                       \
-        }                                                                                           \
+        });                                                                                         \
     }
 
 DEF_CUMSUM(f32, float, double)

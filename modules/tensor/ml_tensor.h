@@ -119,6 +119,11 @@ int64_t ml_tensor_live_count(void);  /* number of live ml_tensor structs (leak t
 void ml_set_oom_handler(void (*fn)(void *ud), void *ud);
 void ml_mark_main_thread(void);
 
+/* Backends register functions that drop their caches (primitive caches, scratch pools). They run on
+ * ml_flush_caches() (medlua.empty_cache()) and before the retry of a failed allocation. */
+void ml_register_cache_flush(void (*fn)(void));
+void ml_flush_caches(void);
+
 void *ml_alloc_bytes(size_t n);      /* 64-byte aligned, counted in live bytes; OOM -> NULL + error set */
 void ml_free_bytes(void *p, size_t n);
 
