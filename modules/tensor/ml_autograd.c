@@ -163,18 +163,39 @@ ml_err ml_set_requires_grad(ml_tensor *t, bool on) {
     return ML_OK;
 }
 
+/* A gradient nobody else can see (one reference, its own storage, plain layout) can be kept as it is. */
+static bool exclusively_owned(const ml_tensor *t) {
+    return __atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE) == 1 &&
+           __atomic_load_n(&t->storage->refcount, __ATOMIC_ACQUIRE) == 1 && !t->grad_fn && !t->layout &&
+           ml_tensor_is_contiguous(t);
+}
+
 ml_err ml_accumulate(ml_tensor **slot, ml_tensor *g) {
-    if (!*slot) {
-        /* take a private copy so later in-place accumulation never aliases an op's output */
-        ml_tensor *c;
-        ml_err e = ml_clone(&c, g);
-        if (e) return e;
-        c->requires_grad = false;
-        *slot = c;
-        return ML_OK;
-    }
     bool prev = ml_set_grad_enabled(false);
-    ml_err e = ml_binary_(ML_ADD, *slot, g);
+    ml_err e = ML_OK;
+    if (!*slot) {
+        /* First gradient: take it over when the caller holds the only reference (no copy, no extra
+         * memory); otherwise keep a private copy so later in-place accumulation never aliases. */
+        if (exclusively_owned(g)) {
+            ml_tensor_retain(g);
+            g->requires_grad = false;
+            *slot = g;
+        } else {
+            ml_tensor *c;
+            if (!(e = ml_clone(&c, g))) {
+                c->requires_grad = false;
+                *slot = c;
+            }
+        }
+    } else if (exclusively_owned(*slot)) {
+        e = ml_binary_(ML_ADD, *slot, g);
+    } else { /* shared with someone (e.g. a .grad the user holds): add out of place */
+        ml_tensor *sum;
+        if (!(e = ml_binary(&sum, ML_ADD, *slot, g))) {
+            ml_tensor_release(*slot);
+            *slot = sum;
+        }
+    }
     ml_set_grad_enabled(prev);
     return e;
 }
