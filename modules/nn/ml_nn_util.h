@@ -165,56 +165,57 @@ static inline float nn_log1pf01(float x) {
     return d == 0.0f ? x : l * (x / d);
 }
 
-/* ---- 8-wide versions (GCC vector extensions: explicit selects, so they vectorize even under
+/* ---- vector versions (GCC vector extensions: explicit selects, so they vectorize even under
  * -ftrapping-math, where the compiler refuses to if-convert the scalar versions). Same arithmetic
- * as the scalar functions above, lane by lane. In-place array helpers process 8 at a time with a
- * scalar tail. */
-/* 32-byte vectors are fine without AVX too (split in two); silence the ABI note GCC prints then */
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float nn_v8f __attribute__((vector_size(32)));
-typedef int32_t nn_v8i __attribute__((vector_size(32)));
+ * as the scalar functions above, lane by lane. 8 lanes with AVX, else 4 (SSE2 baseline). The
+ * in-place array helpers below process NN_VW at a time with a scalar tail. */
+#ifdef __AVX__
+#define NN_VW 8
+#else
+#define NN_VW 4
+#endif
+typedef float nn_vf __attribute__((vector_size(NN_VW * 4)));
+typedef int32_t nn_vi __attribute__((vector_size(NN_VW * 4)));
 
-static inline nn_v8f nn_v8f_set1(float a) { return (nn_v8f){a, a, a, a, a, a, a, a}; }
-static inline nn_v8i nn_v8i_set1(int32_t a) { return (nn_v8i){a, a, a, a, a, a, a, a}; }
-static inline nn_v8f nn_v8_sel(nn_v8i m, nn_v8f a, nn_v8f b) {
-    return (nn_v8f)((m & (nn_v8i)a) | (~m & (nn_v8i)b));
-}
+static inline nn_vf nn_vf_set1(float a) { nn_vf v = {0}; return v + a; }
+static inline nn_vi nn_vi_set1(int32_t a) { nn_vi v = {0}; return v + a; }
+static inline nn_vf nn_v_sel(nn_vi m, nn_vf a, nn_vf b) { return (nn_vf)((m & (nn_vi)a) | (~m & (nn_vi)b)); }
 
-static inline nn_v8f nn_expf8(nn_v8f x) {
-    nn_v8i ok = x == x;
-    nn_v8f xc = nn_v8_sel(ok, x, nn_v8f_set1(0.0f));
-    xc = nn_v8_sel(xc < nn_v8f_set1(-87.33654f), nn_v8f_set1(-87.33654f), xc);
-    xc = nn_v8_sel(xc > nn_v8f_set1(88.3762626f), nn_v8f_set1(88.3762626f), xc);
-    nn_v8f v = xc * 1.44269504088896341f + 0.5f;
-    nn_v8i ni = __builtin_convertvector(v, nn_v8i);
-    nn_v8f n = __builtin_convertvector(ni, nn_v8f);
-    nn_v8i gt = n > v;
-    n = nn_v8_sel(gt, n - 1.0f, n);
+static inline nn_vf nn_expf_v(nn_vf x) {
+    nn_vi ok = x == x;
+    nn_vf xc = nn_v_sel(ok, x, nn_vf_set1(0.0f));
+    xc = nn_v_sel(xc < nn_vf_set1(-87.33654f), nn_vf_set1(-87.33654f), xc);
+    xc = nn_v_sel(xc > nn_vf_set1(88.3762626f), nn_vf_set1(88.3762626f), xc);
+    nn_vf v = xc * 1.44269504088896341f + 0.5f;
+    nn_vi ni = __builtin_convertvector(v, nn_vi);
+    nn_vf n = __builtin_convertvector(ni, nn_vf);
+    nn_vi gt = n > v;
+    n = nn_v_sel(gt, n - 1.0f, n);
     ni = ni + gt; /* gt lanes are -1 */
-    nn_v8f r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    nn_v8f p = nn_v8f_set1(1.9875691500E-4f);
+    nn_vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    nn_vf p = nn_vf_set1(1.9875691500E-4f);
     p = p * r + 1.3981999507E-3f;
     p = p * r + 8.3334519073E-3f;
     p = p * r + 4.1665795894E-2f;
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * r * r + r + 1.0f;
-    nn_v8f res = p * (nn_v8f)((ni + 127) << 23);
-    res = nn_v8_sel(x < nn_v8f_set1(-87.33654f), nn_v8f_set1(0.0f), res);
-    return nn_v8_sel(ok, res, x);
+    nn_vf res = p * (nn_vf)((ni + 127) << 23);
+    res = nn_v_sel(x < nn_vf_set1(-87.33654f), nn_vf_set1(0.0f), res);
+    return nn_v_sel(ok, res, x);
 }
 
-static inline nn_v8f nn_logf8_pos(nn_v8f x) {
-    nn_v8i i = (nn_v8i)x;
-    nn_v8f e = __builtin_convertvector(((i >> 23) & 0xff) - 126, nn_v8f);
-    i = (i & nn_v8i_set1(0x807fffff)) | nn_v8i_set1(0x3f000000);
-    nn_v8f m = (nn_v8f)i;
-    nn_v8i c = m < nn_v8f_set1(0.707106781186547524f);
-    nn_v8f cf = nn_v8_sel(c, nn_v8f_set1(1.0f), nn_v8f_set1(0.0f));
+static inline nn_vf nn_logf_v_pos(nn_vf x) {
+    nn_vi i = (nn_vi)x;
+    nn_vf e = __builtin_convertvector(((i >> 23) & 0xff) - 126, nn_vf);
+    i = (i & nn_vi_set1(0x807fffff)) | nn_vi_set1(0x3f000000);
+    nn_vf m = (nn_vf)i;
+    nn_vi c = m < nn_vf_set1(0.707106781186547524f);
+    nn_vf cf = nn_v_sel(c, nn_vf_set1(1.0f), nn_vf_set1(0.0f));
     e = e - cf;
     m = m + m * cf - 1.0f;
-    nn_v8f z = m * m;
-    nn_v8f y = nn_v8f_set1(7.0376836292E-2f);
+    nn_vf z = m * m;
+    nn_vf y = nn_vf_set1(7.0376836292E-2f);
     y = y * m - 1.1514610310E-1f;
     y = y * m + 1.1676998740E-1f;
     y = y * m - 1.2420140846E-1f;
@@ -229,21 +230,21 @@ static inline nn_v8f nn_logf8_pos(nn_v8f x) {
     return m + y + 0.693359375f * e;
 }
 
-static inline nn_v8f nn_log1pf8_01(nn_v8f x) {
-    nn_v8f u = 1.0f + x, d = u - 1.0f;
-    nn_v8f l = nn_logf8_pos(u);
-    nn_v8i z = d == nn_v8f_set1(0.0f);
-    nn_v8f dd = nn_v8_sel(z, nn_v8f_set1(1.0f), d);
-    return nn_v8_sel(z, x, l * (x / dd));
+static inline nn_vf nn_log1pf_v01(nn_vf x) {
+    nn_vf u = 1.0f + x, d = u - 1.0f;
+    nn_vf l = nn_logf_v_pos(u);
+    nn_vi z = d == nn_vf_set1(0.0f);
+    nn_vf dd = nn_v_sel(z, nn_vf_set1(1.0f), d);
+    return nn_v_sel(z, x, l * (x / dd));
 }
 
 /* v[i] = exp(v[i]) */
 static inline void nn_vexpf(float *v, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        nn_v8f a;
+    for (; i + NN_VW <= n; i += NN_VW) {
+        nn_vf a;
         memcpy(&a, v + i, sizeof a);
-        a = nn_expf8(a);
+        a = nn_expf_v(a);
         memcpy(v + i, &a, sizeof a);
     }
     for (; i < n; i++) v[i] = nn_expf(v[i]);
@@ -251,10 +252,10 @@ static inline void nn_vexpf(float *v, int64_t n) {
 /* v[i] = log1p(v[i]) for v in [0, 1] */
 static inline void nn_vlog1pf01(float *v, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        nn_v8f a;
+    for (; i + NN_VW <= n; i += NN_VW) {
+        nn_vf a;
         memcpy(&a, v + i, sizeof a);
-        a = nn_log1pf8_01(a);
+        a = nn_log1pf_v01(a);
         memcpy(v + i, &a, sizeof a);
     }
     for (; i < n; i++) v[i] = nn_log1pf01(v[i]);

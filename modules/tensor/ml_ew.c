@@ -75,9 +75,29 @@ static inline double ml_silu_d(double x) {
 }
 
 /* ------------------------------------------------------------- float kernels */
+/* One chunk [lo, hi) of the iteration space (see ml_iter.h). BODY runs once per inner run: cnt_
+ * elements from the offsets off_[k] with inner strides st_[k]. */
+#define EW_WALK(...)                                                                                \
+    do {                                                                                            \
+        if (lo >= hi) break;                                                                        \
+        int64_t idx_[ML_MAX_DIMS], off_[ML_ITER_MAX_OPS], st_[ML_ITER_MAX_OPS];                     \
+        ml_iter_seek(it, lo, idx_, off_);                                                           \
+        int last_ = it->ndim - 1;                                                                   \
+        int64_t inner_ = last_ >= 0 ? it->shape[last_] : 1;                                         \
+        for (int k_ = 0; k_ < it->nops; k_++) st_[k_] = last_ >= 0 ? it->s[k_][last_] : 0;         \
+        int64_t pos_ = lo;                                                                          \
+        while (pos_ < hi) {                                                                         \
+            int64_t cnt_ = inner_ - (last_ >= 0 ? idx_[last_] : 0);                                 \
+            if (cnt_ > hi - pos_) cnt_ = hi - pos_;                                                 \
+            __VA_ARGS__;                                                                            \
+            pos_ += cnt_;                                                                           \
+            ml_iter_advance(it, idx_, cnt_, off_);                                                  \
+        }                                                                                           \
+    } while (0)
+
 /* Loops over operands bs[0] (output, TO) and bs[1..] (inputs, TI). */
 #define EW_L1(TO, TI, EXPR)                                                                         \
-    ML_ITER_LOOP_(*it, n, {                                                                         \
+    EW_WALK({                                                                                       \
         TO *o_ = (TO *)bs[0] + off_[0];                                                             \
         const TI *a_ = (const TI *)bs[1] + off_[1];                                                 \
         if (st_[0] == 1 && st_[1] == 1) {                                                           \
@@ -91,7 +111,7 @@ static inline double ml_silu_d(double x) {
     })
 
 #define EW_L2(TO, TI, EXPR)                                                                         \
-    ML_ITER_LOOP_(*it, n, {                                                                         \
+    EW_WALK({                                                                                       \
         TO *o_ = (TO *)bs[0] + off_[0];                                                             \
         const TI *a_ = (const TI *)bs[1] + off_[1];                                                 \
         const TI *b_ = (const TI *)bs[2] + off_[2];                                                 \
@@ -112,7 +132,7 @@ static inline double ml_silu_d(double x) {
     })
 
 #define EW_L3(TO, TI, EXPR)                                                                         \
-    ML_ITER_LOOP_(*it, n, {                                                                         \
+    EW_WALK({                                                                                       \
         TO *o_ = (TO *)bs[0] + off_[0];                                                             \
         const TI *a_ = (const TI *)bs[1] + off_[1];                                                 \
         const TI *b_ = (const TI *)bs[2] + off_[2];                                                 \
@@ -132,28 +152,101 @@ static inline double ml_silu_d(double x) {
 
 #define OT_0 T
 #define OT_1 uint8_t
-#define EW_CASE_(name, ar, ob, expr) case name: EW_L##ar(OT_##ob, T, expr); break;
 
+/* One small function per (op, type) runs a chunk [lo, hi) of the iteration space; ew_drive
+ * splits the range over threads (or runs it inline when small). */
+typedef void (*ew_chunk_fn)(const ml_iter *it, int64_t lo, int64_t hi, char *const *bs, const double *pr);
+
+#define EW_CAT_(a, b) a##b
+#define EW_CAT(a, b) EW_CAT_(a, b)
+#define EW_FN_(name, ar, ob, expr)                                                                  \
+    static void EW_CAT(name, EW_SUF)(const ml_iter *it, int64_t lo, int64_t hi, char *const *bs,     \
+                                     const double *pr) {                                            \
+        const T p0 = (T)pr[0], p1 = (T)pr[1];                                                       \
+        (void)p0;                                                                                   \
+        (void)p1;                                                                                   \
+        EW_L##ar(OT_##ob, T, expr);                                                                 \
+    }
+#define EW_TAB_(name, ar, ob, expr) EW_CAT(name, EW_SUF),
+
+#define T float
 #define M(fn) fn##f
-static void kern_f32(int iop, const ml_iter *it, int64_t n, char *const *bs, const double *pr) {
-    typedef float T;
-    const T p0 = (T)pr[0], p1 = (T)pr[1];
-    switch ((ml_iop)iop) {
-        ML_IOP_LIST(EW_CASE_)
-    default: break;
-    }
-}
+#define EW_SUF _f32
+ML_IOP_LIST(EW_FN_)
+static const ew_chunk_fn ew_tab_f32[ML_NIOPS] = {ML_IOP_LIST(EW_TAB_)};
+#undef T
 #undef M
+#undef EW_SUF
+
+#define T double
 #define M(fn) fn
-static void kern_f64(int iop, const ml_iter *it, int64_t n, char *const *bs, const double *pr) {
-    typedef double T;
-    const T p0 = (T)pr[0], p1 = (T)pr[1];
-    switch ((ml_iop)iop) {
-        ML_IOP_LIST(EW_CASE_)
-    default: break;
-    }
-}
+#define EW_SUF _f64
+ML_IOP_LIST(EW_FN_)
+static const ew_chunk_fn ew_tab_f64[ML_NIOPS] = {ML_IOP_LIST(EW_TAB_)};
+#undef T
 #undef M
+#undef EW_SUF
+
+/* 2-D tiling of the last two dims when an operand walks its inner dim with a large stride (a
+ * transposed input): each EW_TILE x EW_TILE tile touches few enough cache lines to reuse them. */
+#define EW_TILE 64
+
+static bool ew_want_tiles(const ml_iter *it) {
+    if (it->ndim < 2) return false;
+    int d1 = it->ndim - 1, d0 = d1 - 1;
+    if (it->shape[d1] < 16 || it->shape[d0] < 16) return false;
+    for (int k = 0; k < it->nops; k++) {
+        int64_t a1 = it->s[k][d1] < 0 ? -it->s[k][d1] : it->s[k][d1];
+        int64_t a0 = it->s[k][d0] < 0 ? -it->s[k][d0] : it->s[k][d0];
+        if (a1 >= 16 && a0 < a1) return true;
+    }
+    return false;
+}
+
+static void ew_tile(ew_chunk_fn fn, const ml_iter *it, int64_t q, int64_t t0, int64_t t1, char *const *bs,
+                    const double *pr) {
+    int d1 = it->ndim - 1, d0 = d1 - 1;
+    int64_t per = t0 * t1, o = q / per, r = q - o * per;
+    int64_t i0 = (r / t1) * EW_TILE, j0 = (r % t1) * EW_TILE;
+    ml_iter tile;
+    tile.ndim = 2;
+    tile.nops = it->nops;
+    tile.shape[0] = it->shape[d0] - i0 < EW_TILE ? it->shape[d0] - i0 : EW_TILE;
+    tile.shape[1] = it->shape[d1] - j0 < EW_TILE ? it->shape[d1] - j0 : EW_TILE;
+    for (int k = 0; k < it->nops; k++) {
+        int64_t off = it->o[k] + i0 * it->s[k][d0] + j0 * it->s[k][d1], rem = o;
+        for (int d = d0 - 1; d >= 0; d--) {
+            off += (rem % it->shape[d]) * it->s[k][d];
+            rem /= it->shape[d];
+        }
+        tile.o[k] = off;
+        tile.s[k][0] = it->s[k][d0];
+        tile.s[k][1] = it->s[k][d1];
+    }
+    fn(&tile, 0, tile.shape[0] * tile.shape[1], bs, pr);
+}
+
+static void ew_drive(ew_chunk_fn fn, const ml_iter *it, int64_t n, char *const *bs, const double *pr) {
+    int nt = ml_iter_threads(n);
+    if (ew_want_tiles(it)) {
+        int d1 = it->ndim - 1, d0 = d1 - 1;
+        int64_t t0 = (it->shape[d0] + EW_TILE - 1) / EW_TILE, t1 = (it->shape[d1] + EW_TILE - 1) / EW_TILE;
+        int64_t ntiles = n / (it->shape[d0] * it->shape[d1]) * t0 * t1;
+        if (nt <= 1) {
+            for (int64_t q = 0; q < ntiles; q++) ew_tile(fn, it, q, t0, t1, bs, pr);
+        } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (int64_t q = 0; q < ntiles; q++) ew_tile(fn, it, q, t0, t1, bs, pr);
+        }
+        return;
+    }
+    if (nt <= 1) {
+        fn(it, 0, n, bs, pr);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) fn(it, n * t / nt, n * (t + 1) / nt, bs, pr);
+}
 
 /* ---------------------------------------------------------------- operands */
 typedef struct {
@@ -196,8 +289,7 @@ static void float_exec(int iop, ml_dtype kd, int ndim, const int64_t *shape, int
     if (n == 0) return;
     double pr[2] = {0, 0};
     if (params) { pr[0] = params[0]; pr[1] = params[1]; }
-    if (kd == ML_F64) kern_f64(iop, &it, n, bs, pr);
-    else kern_f32(iop, &it, n, bs, pr);
+    ew_drive(kd == ML_F64 ? ew_tab_f64[iop] : ew_tab_f32[iop], &it, n, bs, pr);
 }
 
 /* ------------------------------------------------------------ integer path */
