@@ -783,12 +783,23 @@ static int pmain(lua_State *L) {
     return 1;
 }
 
+/* OpenMP threads that spin while waiting for work steal the cores from the thread that has work
+ * whenever anything else runs on the machine (measured: a U-Net train step 3.4 s spinning vs 2.1 s
+ * sleeping on a 2-core machine with a compiler running). libgomp reads OMP_WAIT_POLICY before main
+ * runs, so when the user has not chosen, the program starts itself once more with "passive". */
+static void default_wait_policy(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    execv("/proc/self/exe", argv); /* returns only on failure: then run as we are */
+}
+
 int main(int argc, char **argv) {
     static char *noargs[] = {(char *)"medlua", NULL};
     if (argc < 1 || !argv[0]) {
         argv = noargs;
         argc = 1;
     }
+    default_wait_policy(argv);
     lua_State *L = luaL_newstate();
     if (L == NULL) {
         l_message(argv[0], "cannot create state: not enough memory");

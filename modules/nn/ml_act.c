@@ -38,26 +38,18 @@ static inline void philox_group(uint64_t counter0, uint64_t seed, uint32_t r[4][
 #define ML_ACT_GEN
 #define T float
 #define S(name) name##_f32
-#define EXPT nn_expf
 #define VEXP nn_vexpf
-#define LOGT logf
 #include "ml_act.c"
 #undef T
 #undef S
-#undef EXPT
 #undef VEXP
-#undef LOGT
 #define T double
 #define S(name) name##_f64
-#define EXPT exp
 #define VEXP nn_vexpd
-#define LOGT log
 #include "ml_act.c"
 #undef T
 #undef S
-#undef EXPT
 #undef VEXP
-#undef LOGT
 #undef ML_ACT_GEN
 
 /* ------------------------------------------------------------------------------ softmax */

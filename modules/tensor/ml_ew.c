@@ -189,7 +189,7 @@ static const ew_chunk_fn ew_tab_f64[ML_NIOPS] = {ML_IOP_LIST(EW_TAB_)};
 
 /* 2-D tiling of the last two dims when an operand walks its inner dim with a large stride (a
  * transposed input): each EW_TILE x EW_TILE tile touches few enough cache lines to reuse them. */
-#define EW_TILE 64
+#define EW_TILE 128
 
 static bool ew_want_tiles(const ml_iter *it) {
     if (it->ndim < 2) return false;

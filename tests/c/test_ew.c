@@ -722,6 +722,40 @@ ML_TEST(random_shape_gradients) {
     }
 }
 
+/* transposed operands go through the 2-D tiled traversal: compare with a naive loop */
+ML_TEST(tiled_transposed_operands) {
+    printf("  seed %llu\n", (unsigned long long)g_seed + 6);
+    ml_manual_seed(g_seed + 6);
+    int64_t shapes[][3] = {{1, 300, 200}, {3, 70, 259}, {2, 130, 17}, {1, 16, 16}};
+    for (int k = 0; k < 4; k++) {
+        ml_tensor *a, *b, *at, *c, *u;
+        ML_CHECK_OK(ml_randn(&a, ML_F32, 3, (int64_t[]){shapes[k][0], shapes[k][2], shapes[k][1]}));
+        ML_CHECK_OK(ml_randn(&b, ML_F32, 3, shapes[k]));
+        ML_CHECK_OK(ml_transpose(&at, a, 1, 2)); /* [n, r, c] view with inner stride r */
+        ML_CHECK_OK(ml_binary(&c, ML_SUB, at, b));
+        ML_CHECK_OK(ml_unary(&u, ML_NEG, at));
+        int64_t idx[3] = {0};
+        double worst = 0;
+        do {
+            double x = ml_tensor_get(at, idx), y = ml_tensor_get(b, idx);
+            worst = fmax(worst, fabs(ml_tensor_get(c, idx) - (double)((float)x - (float)y)));
+            worst = fmax(worst, fabs(ml_tensor_get(u, idx) + x));
+        } while (ml_t_next_index(3, shapes[k], idx));
+        if (worst != 0) ML_FAIL_("shape %s: max diff %g", ml_shape_str(3, shapes[k]), worst);
+        /* in place into the transposed view */
+        ML_CHECK_OK(ml_binary_(ML_ADD, at, b));
+        ml_tensor *chk;
+        ML_CHECK_OK(ml_binary(&chk, ML_SUB, at, b)); /* (a^T + b) - b == a^T up to rounding */
+        memset(idx, 0, sizeof idx);
+        worst = 0;
+        do worst = fmax(worst, fabs(ml_tensor_get(chk, idx) - ml_tensor_get(u, idx) * -1));
+        while (ml_t_next_index(3, shapes[k], idx));
+        if (worst > 1e-5) ML_FAIL_("in place, shape %s: max diff %g", ml_shape_str(3, shapes[k]), worst);
+        ml_tensor_release(chk);
+        ml_tensor_release(a); ml_tensor_release(b); ml_tensor_release(at); ml_tensor_release(c); ml_tensor_release(u);
+    }
+}
+
 ML_TEST(large_threaded_and_strided) {
     int64_t n = 3000009;
     ml_tensor *a, *b, *c;
@@ -857,6 +891,7 @@ int main(int argc, char **argv) {
     ML_RUN(clamp_where_act_gradients);
     ML_RUN(random_broadcast_shapes);
     ML_RUN(random_shape_gradients);
+    ML_RUN(tiled_transposed_operands);
     ML_RUN(large_threaded_and_strided);
     ML_RUN(lerp_axpby);
     ML_RUN(adam_step);
