@@ -9,17 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Loop over [0, n) on `nt` threads (a variable in scope). Single-threaded work runs inline: an
- * OpenMP region costs about a microsecond even when an if(0) clause skips the team. */
-#define ML_PAR_FOR(T, i, n, ...)                                                                    \
-    do {                                                                                            \
-        if (nt > 1) {                                                                               \
-            _Pragma("omp parallel for num_threads(nt) schedule(static)")                            \
-            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
-        } else {                                                                                    \
-            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
-        }                                                                                           \
-    } while (0)
 
 /* copy one element of es bytes */
 static inline void copy_elem(char *dst, const char *src, size_t es) {

@@ -17,17 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Loop over [0, n) on `nt` threads (a variable in scope). Single-threaded work runs inline: an
- * OpenMP region costs about a microsecond even when an if(0) clause skips the team. */
-#define ML_PAR_FOR(T, i, n, ...)                                                                    \
-    do {                                                                                            \
-        if (nt > 1) {                                                                               \
-            _Pragma("omp parallel for num_threads(nt) schedule(static)")                            \
-            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
-        } else {                                                                                    \
-            for (T i = 0; i < (n); i++) { __VA_ARGS__ }                                             \
-        }                                                                                           \
-    } while (0)
 
 static const char *redop_names[ML_NREDOPS] = {"sum", "mean", "prod", "amax", "amin", "logsumexp"};
 
