@@ -376,7 +376,7 @@ ML_TEST(clamp_where_activations_values) {
 
 /* ------------------------------------------------------------- in place */
 ML_TEST(inplace_semantics) {
-    ml_tensor *a, *b, *c;
+    ml_tensor *a, *b;
     ML_CHECK_OK(ml_arange(&a, ML_F32, 0, 6, 1));
     ML_CHECK_OK(ml_arange(&b, ML_F32, 0, 3, 1));
     ml_tensor *a2;
@@ -447,7 +447,6 @@ ML_TEST(inplace_semantics) {
     ml_tensor_release(leaf); ml_tensor_release(sq); ml_tensor_release(s2); ml_tensor_release(sqt);
     ml_tensor_release(d64); ml_tensor_release(iv); ml_tensor_release(col);
     ml_tensor_release(a); ml_tensor_release(a2); ml_tensor_release(b);
-    (void)c;
 }
 
 ML_TEST(errors_name_op_and_shapes) {

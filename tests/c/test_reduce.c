@@ -517,7 +517,7 @@ ML_TEST(reduce_gradients) {
         ml_tensor_release(x);
     }
     /* f32 grads through mean stay f32 */
-    ml_tensor *f, *r, *g;
+    ml_tensor *f, *r;
     ML_CHECK_OK(ml_ones(&f, ML_F32, 2, (int64_t[]){2, 2}));
     ml_set_requires_grad(f, true);
     ML_CHECK_OK(ml_reduce(&r, ML_RMEAN, f, 0, NULL, false));
@@ -525,7 +525,6 @@ ML_TEST(reduce_gradients) {
     ML_CHECK(f->grad && f->grad->dtype == ML_F32 && at2(f->grad, 1, 1) == 0.25);
     ml_tensor_release(r);
     ml_tensor_release(f);
-    (void)g;
 }
 
 /* random shapes and dim subsets through the gradient checker */
