@@ -1044,10 +1044,53 @@ static ml_err prelu_weight_view(ml_tensor **wv, ml_tensor *a, ml_tensor *w) {
     return ml_reshape(wv, w, nd, shape);
 }
 
+/* One pass for the common case (MONAI's PReLU: one weight, f32, contiguous): input gradient and the
+ * weight gradient's sum together, instead of a full-size temporary for the weight term and a
+ * reduction over it (8 memory passes -> 3). Sums in double per thread chunk. */
+static bool prelu_bw_fused(ml_node *n, ml_tensor *g, ml_tensor *a, ml_tensor *w, ml_tensor **gin, ml_err *err) {
+    if (a->dtype != ML_F32 || g->dtype != ML_F32 || w->dtype != ML_F32 || ml_tensor_numel(w) != 1 ||
+        !ml_tensor_is_contiguous(a) || !ml_tensor_is_contiguous(g) || !ml_tensor_is_contiguous(w) ||
+        g->ndim != a->ndim || !n->needs[0] || !n->needs[1])
+        return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (g->shape[i] != a->shape[i]) return false;
+    ml_tensor *gx = NULL, *gw = NULL;
+    *err = ml_tensor_empty(&gx, ML_F32, a->ndim, a->shape);
+    if (!*err) *err = ml_tensor_empty(&gw, ML_F32, n->in_ndim[1], n->in_shape[1]);
+    if (*err) { ml_tensor_release(gx); return true; }
+    const float *pa = ml_tensor_data(a), *pg = ml_tensor_data(g);
+    float *px = ml_tensor_data(gx), wt = *(const float *)ml_tensor_data(w);
+    int64_t cnt = ml_tensor_numel(a);
+    double total = 0;
+    int nt = ml_iter_threads(cnt);
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : total) if (nt > 1)
+    for (int t = 0; t < nt; t++) {
+        int64_t lo = cnt * t / nt, hi = cnt * (t + 1) / nt;
+        double acc = 0;
+        for (int64_t b = lo; b < hi; b += 4096) {
+            int64_t e2 = b + 4096 < hi ? b + 4096 : hi;
+            float part = 0;
+            for (int64_t i = b; i < e2; i++) {
+                float x = pa[i], gv = pg[i];
+                px[i] = x > 0 ? gv : gv * wt;
+                part += x > 0 ? 0.f : gv * x;
+            }
+            acc += part;
+        }
+        total += acc;
+    }
+    *(float *)ml_tensor_data(gw) = (float)total;
+    gin[0] = gx;
+    gin[1] = gw;
+    *err = ML_OK;
+    return true;
+}
+
 static ml_err bw_prelu(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_tensor *g = gout[0], *a = ml_node_saved(n, 0), *w = ml_node_saved(n, 1), *wv = NULL, *r = NULL;
     if (!a || !w) return ML_ERR_GRAD;
     ml_err e;
+    if (prelu_bw_fused(n, g, a, w, gin, &e)) return e;
     if ((e = prelu_weight_view(&wv, a, w))) return e;
     if (n->needs[0]) {
         e = ml_ew_map(&r, "prelu", IOP_G_PRELU_X, 3, (ml_tensor *[]){g, a, wv}, NULL);

@@ -876,6 +876,36 @@ ML_TEST(adam_step) {
     ml_tensor_release(p); ml_tensor_release(pf); ml_tensor_release(m); ml_tensor_release(v); ml_tensor_release(g);
 }
 
+/* The fused f32 PReLU backward (one weight, contiguous) must agree with the generic f64 rule. */
+static void prelu_grads(ml_dtype dt, ml_tensor *x64, ml_tensor *g64, ml_tensor **gx, ml_tensor **gw) {
+    ml_tensor *x, *g, *w, *y;
+    ML_CHECK_OK(ml_to_dtype(&x, x64, dt));
+    ML_CHECK_OK(ml_to_dtype(&g, g64, dt));
+    ML_CHECK_OK(ml_full(&w, dt, 1, (int64_t[]){1}, 0.25));
+    ML_CHECK_OK(ml_set_requires_grad(x, true));
+    ML_CHECK_OK(ml_set_requires_grad(w, true));
+    ML_CHECK_OK(ml_prelu(&y, x, w));
+    ML_CHECK_OK(ml_backward(y, g, false));
+    *gx = x->grad; x->grad = NULL;
+    *gw = w->grad; w->grad = NULL;
+    ml_tensor_release(y); ml_tensor_release(x); ml_tensor_release(g); ml_tensor_release(w);
+}
+
+ML_TEST(prelu_fused_backward_matches_f64) {
+    int64_t sizes[2][4] = {{2, 3, 5, 7}, {2, 4, 50, 500}}; /* single-threaded and threaded */
+    for (int k = 0; k < 2; k++) {
+        ml_tensor *x = ml_t_randn(4, sizes[k], false), *g = ml_t_randn(4, sizes[k], false);
+        ml_tensor *gx32, *gw32, *gx64, *gw64;
+        prelu_grads(ML_F32, x, g, &gx32, &gw32);
+        prelu_grads(ML_F64, x, g, &gx64, &gw64);
+        ML_CHECK(gx32 && gw32 && gx64 && gw64 && gw32->ndim == 1 && gw32->shape[0] == 1);
+        if (gx32 && gx64) ML_CHECK(ml_t_maxdiff(gx32, gx64) < 1e-6);
+        if (gw32 && gw64) ML_CHECK_NEAR(ml_tensor_item(gw32), ml_tensor_item(gw64), 1e-4 * (1 + fabs(ml_tensor_item(gw64))));
+        ml_tensor_release(gx32); ml_tensor_release(gw32); ml_tensor_release(gx64); ml_tensor_release(gw64);
+        ml_tensor_release(x); ml_tensor_release(g);
+    }
+}
+
 int main(int argc, char **argv) {
     g_seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 20261124;
     ML_RUN(binary_values_and_broadcast);
@@ -894,5 +924,6 @@ int main(int argc, char **argv) {
     ML_RUN(large_threaded_and_strided);
     ML_RUN(lerp_axpby);
     ML_RUN(adam_step);
+    ML_RUN(prelu_fused_backward_matches_f64);
     return ml_test_summary();
 }
