@@ -10,6 +10,7 @@
 #define ML_TEST_H
 
 #include "tensor/ml_tensor.h"
+#include "tensor/ml_iter.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,52 @@ static inline double ml_t_maxdiff(const ml_tensor *a, const ml_tensor *b) {
         if (d > m) m = d;
     } while (ml_t_next_index(a->ndim, a->shape, idx));
     return m;
+}
+
+/* ---- comparison helpers shared by the kernel tests */
+/* sum_i t[i] * sin(0.05 i) over the row-major flattening: a checksum sensitive to order */
+static inline double ml_t_checksum(const ml_tensor *t) {
+    if (!t || ml_tensor_numel(t) == 0) return 0;
+    int64_t idx[ML_MAX_DIMS] = {0}, i = 0;
+    double s = 0;
+    do s += ml_tensor_get(t, idx) * sin(0.05 * (double)i++);
+    while (ml_t_next_index(t->ndim, t->shape, idx));
+    return s;
+}
+
+/* deterministic cotangent shaped like y: r[j] = cos(0.1 j) */
+static inline ml_tensor *ml_t_cotangent(const ml_tensor *y) {
+    ml_tensor *r = NULL;
+    if (ml_tensor_empty(&r, (ml_dtype)y->dtype, y->ndim, y->shape)) return NULL;
+    int64_t n = ml_tensor_numel(r);
+    for (int64_t j = 0; j < n; j++) ml_store_elem(ml_tensor_data(r), (ml_dtype)y->dtype, j, cos(0.1 * (double)j));
+    return r;
+}
+
+static inline double ml_t_maxabs(const ml_tensor *t) {
+    if (ml_tensor_numel(t) == 0) return 0;
+    int64_t idx[ML_MAX_DIMS] = {0};
+    double m = 0;
+    do { double v = fabs(ml_tensor_get(t, idx)); if (v > m) m = v; } while (ml_t_next_index(t->ndim, t->shape, idx));
+    return m;
+}
+
+/* max |a-b| relative to max |b| */
+static inline double ml_t_reldiff(const ml_tensor *a, const ml_tensor *b) {
+    if (!a || !b) return INFINITY;
+    double m = ml_t_maxabs(b);
+    return ml_t_maxdiff(a, b) / (m > 1e-12 ? m : 1.0);
+}
+
+/* the call returned `want` and the message mentions need1 and need2 (either may be NULL) */
+static inline void ml_t_expect_err(ml_err got, ml_err want, const char *need1, const char *need2, const char *what) {
+    if (got != want) {
+        ML_FAIL_("%s: returned %s, expected %s (%s)", what, ml_errname(got), ml_errname(want), ml_errmsg());
+        return;
+    }
+    if ((need1 && !strstr(ml_errmsg(), need1)) || (need2 && !strstr(ml_errmsg(), need2)))
+        ML_FAIL_("%s: message \"%s\" should mention \"%s\" and \"%s\"", what, ml_errmsg(), need1 ? need1 : "",
+                 need2 ? need2 : "");
 }
 
 /* sum(out * r) computed with plain loops (no autograd, no ops) */

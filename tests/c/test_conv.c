@@ -36,39 +36,9 @@ static ml_tensor *cast(ml_tensor *t, ml_dtype dt, bool rg) {
     return c;
 }
 
-/* sum_i t[i] * sin(0.05 i) over the row-major flattening */
-static double ck(const ml_tensor *t) {
-    if (!t) return 0;
-    int64_t idx[ML_MAX_DIMS] = {0}, i = 0;
-    double s = 0;
-    if (ml_tensor_numel(t) == 0) return 0;
-    do s += ml_tensor_get(t, idx) * sin(0.05 * (double)i++);
-    while (ml_t_next_index(t->ndim, t->shape, idx));
-    return s;
-}
 
-static ml_tensor *mk_cot(const ml_tensor *y) {
-    ml_tensor *r = NULL;
-    if (ml_tensor_empty(&r, (ml_dtype)y->dtype, y->ndim, y->shape)) return NULL;
-    int64_t n = ml_tensor_numel(r);
-    for (int64_t j = 0; j < n; j++) ml_store_elem(ml_tensor_data(r), (ml_dtype)y->dtype, j, cos(0.1 * (double)j));
-    return r;
-}
 
-static double max_abs(const ml_tensor *t) {
-    if (ml_tensor_numel(t) == 0) return 0;
-    int64_t idx[ML_MAX_DIMS] = {0};
-    double m = 0;
-    do { double v = fabs(ml_tensor_get(t, idx)); if (v > m) m = v; } while (ml_t_next_index(t->ndim, t->shape, idx));
-    return m;
-}
 
-/* max |a-b| relative to max |b| */
-static double rel_diff(const ml_tensor *a, const ml_tensor *b) {
-    if (!a || !b) return INFINITY;
-    double m = max_abs(b);
-    return ml_t_maxdiff(a, b) / (m > 1e-12 ? m : 1.0);
-}
 
 /* ------------------------------------------------------------ cases */
 typedef struct {
@@ -181,15 +151,15 @@ static void agree_case(const conv_case *c, double tol) {
     ML_CHECK_OK(run_conv(&y64, x64, w64, b64, c));
     ML_CHECK_OK(run_conv(&y32, x32, w32, b32, c));
     if (y64 && y32) {
-        double e = rel_diff(y32, y64);
+        double e = ml_t_reldiff(y32, y64);
         if (!(e <= tol)) ML_FAIL_("forward rel err %g: %s", e, case_str(c));
         ml_randn(&r64, ML_F64, y64->ndim, y64->shape);
         r32 = cast(r64, ML_F32, false);
         ml_copy_(r64, r32);
         ML_CHECK_OK(ml_backward(y64, r64, false));
         ML_CHECK_OK(ml_backward(y32, r32, false));
-        double ex = rel_diff(x32->grad, x64->grad), ew = rel_diff(w32->grad, w64->grad);
-        double eb = b64 ? rel_diff(b32->grad, b64->grad) : 0;
+        double ex = ml_t_reldiff(x32->grad, x64->grad), ew = ml_t_reldiff(w32->grad, w64->grad);
+        double eb = b64 ? ml_t_reldiff(b32->grad, b64->grad) : 0;
         if (!(ex <= tol)) ML_FAIL_("input grad rel err %g: %s", ex, case_str(c));
         if (!(ew <= tol)) ML_FAIL_("weight grad rel err %g: %s", ew, case_str(c));
         if (!(eb <= tol)) ML_FAIL_("bias grad rel err %g: %s", eb, case_str(c));
@@ -369,9 +339,9 @@ ML_TEST(conv_pytorch_reference) {
                 bool shape_ok = y->ndim == R->xnd;
                 for (int i = 0; shape_ok && i < y->ndim; i++) shape_ok = y->shape[i] == R->ys[i];
                 if (!shape_ok) ML_FAIL_("%s: output shape %s", case_str(&c), ml_shape_str(y->ndim, y->shape));
-                r = mk_cot(y);
+                r = ml_t_cotangent(y);
                 if (shape_ok && !ml_backward(y, r, false)) {
-                    double got[4] = {ck(y), ck(x->grad), ck(w->grad), b ? ck(b->grad) : 0};
+                    double got[4] = {ml_t_checksum(y), ml_t_checksum(x->grad), ml_t_checksum(w->grad), b ? ml_t_checksum(b->grad) : 0};
                     const char *nm[4] = {"output", "input grad", "weight grad", "bias grad"};
                     for (int q = 0; q < 4; q++)
                         if (!(fabs(got[q] - R->ck[q]) <= tol * (1 + fabs(R->ck[q]))))
@@ -483,16 +453,6 @@ ML_TEST(conv_node_name_stable) {
     ml_tensor_release(y);
 }
 
-/* ------------------------------------------------------------ errors */
-static void expect_err(ml_err got, ml_err want, const char *need1, const char *need2, const char *what) {
-    if (got != want) {
-        ML_FAIL_("%s: returned %s, expected %s (%s)", what, ml_errname(got), ml_errname(want), ml_errmsg());
-        return;
-    }
-    if ((need1 && !strstr(ml_errmsg(), need1)) || (need2 && !strstr(ml_errmsg(), need2)))
-        ML_FAIL_("%s: message \"%s\" should mention \"%s\" and \"%s\"", what, ml_errmsg(), need1 ? need1 : "",
-                 need2 ? need2 : "");
-}
 
 ML_TEST(conv_errors) {
     ml_tensor *x = NULL, *w = NULL, *w4 = NULL, *wg = NULL, *xi = NULL, *w64 = NULL, *b = NULL, *y = (ml_tensor *)1;
@@ -505,49 +465,49 @@ ML_TEST(conv_errors) {
     ml_zeros(&xi, ML_I32, 5, (int64_t[]){2, 3, 8, 8, 8});
     ml_conv_params p = {.k = 3, .stride = {1, 1, 1}, .padding = {0, 0, 0}, .dilation = {1, 1, 1}, .groups = 1};
 
-    expect_err(ml_conv(&y, x, w4, NULL, &p), ML_ERR_SHAPE, "conv3d", "[16, 4, 3, 3, 3]", "channel mismatch");
+    ml_t_expect_err(ml_conv(&y, x, w4, NULL, &p), ML_ERR_SHAPE, "conv3d", "[16, 4, 3, 3, 3]", "channel mismatch");
     ML_CHECK(y == NULL);
     ML_CHECK(strstr(ml_errmsg(), "[2, 3, 8, 8, 8]") && strstr(ml_errmsg(), "groups 1"));
     ml_conv_params pg = p;
     pg.groups = 3;
-    expect_err(ml_conv(&y, x, wg, NULL, &pg), ML_ERR_SHAPE, "conv3d", "groups 3", "groups do not divide out channels");
+    ml_t_expect_err(ml_conv(&y, x, wg, NULL, &pg), ML_ERR_SHAPE, "conv3d", "groups 3", "groups do not divide out channels");
     pg.groups = 2;
-    expect_err(ml_conv(&y, x, w, NULL, &pg), ML_ERR_SHAPE, "conv3d", "groups 2", "groups do not divide in channels");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &pg), ML_ERR_SHAPE, "conv3d", "groups 2", "groups do not divide in channels");
     pg.groups = 0;
-    expect_err(ml_conv(&y, x, w, NULL, &pg), ML_ERR_ARG, "conv3d", "groups", "groups 0");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &pg), ML_ERR_ARG, "conv3d", "groups", "groups 0");
     ml_conv_params p2 = p;
     p2.k = 2;
-    expect_err(ml_conv(&y, x, w, NULL, &p2), ML_ERR_SHAPE, "conv2d", "[2, 3, 8, 8, 8]", "wrong input rank");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &p2), ML_ERR_SHAPE, "conv2d", "[2, 3, 8, 8, 8]", "wrong input rank");
     ml_conv_params pb = p;
     pb.stride[1] = 0;
-    expect_err(ml_conv(&y, x, w, NULL, &pb), ML_ERR_ARG, "conv3d", "stride", "zero stride");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &pb), ML_ERR_ARG, "conv3d", "stride", "zero stride");
     pb = p;
     pb.dilation[0] = 4;
-    expect_err(ml_conv(&y, x, w, NULL, &pb), ML_ERR_SHAPE, "conv3d", "output size", "output size <= 0");
-    expect_err(ml_conv(&y, x, w64, NULL, &p), ML_ERR_DTYPE, "conv3d", "float64", "f32 input with f64 weight");
-    expect_err(ml_conv(&y, xi, w, NULL, &p), ML_ERR_DTYPE, "conv3d", "int32", "integer input");
-    expect_err(ml_conv(&y, x, w, b, &p), ML_ERR_SHAPE, "conv3d", "[7]", "bias size");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &pb), ML_ERR_SHAPE, "conv3d", "output size", "output size <= 0");
+    ml_t_expect_err(ml_conv(&y, x, w64, NULL, &p), ML_ERR_DTYPE, "conv3d", "float64", "f32 input with f64 weight");
+    ml_t_expect_err(ml_conv(&y, xi, w, NULL, &p), ML_ERR_DTYPE, "conv3d", "int32", "integer input");
+    ml_t_expect_err(ml_conv(&y, x, w, b, &p), ML_ERR_SHAPE, "conv3d", "[7]", "bias size");
     ml_conv_params pk = p;
     pk.k = 4;
-    expect_err(ml_conv(&y, x, w, NULL, &pk), ML_ERR_ARG, "conv", "k", "k = 4");
-    expect_err(ml_conv(&y, x, w, NULL, NULL), ML_ERR_ARG, "conv", NULL, "NULL params");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, &pk), ML_ERR_ARG, "conv", "k", "k = 4");
+    ml_t_expect_err(ml_conv(&y, x, w, NULL, NULL), ML_ERR_ARG, "conv", NULL, "NULL params");
     /* conv_transpose */
     ml_conv_params pt = p;
     pt.stride[0] = 2;
     pt.output_padding[0] = 2;
     ml_tensor *wt = NULL;
     ml_randn(&wt, ML_F32, 5, (int64_t[]){3, 4, 3, 3, 3});
-    expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_ARG, "conv_transpose3d", "output_padding",
+    ml_t_expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_ARG, "conv_transpose3d", "output_padding",
                "output_padding >= stride and dilation");
-    expect_err(ml_conv_transpose(&y, x, w, NULL, &p), ML_ERR_SHAPE, "conv_transpose3d", "[16, 3, 3, 3, 3]",
+    ml_t_expect_err(ml_conv_transpose(&y, x, w, NULL, &p), ML_ERR_SHAPE, "conv_transpose3d", "[16, 3, 3, 3, 3]",
                "conv_transpose channel mismatch");
     pt = p;
     pt.groups = 2;
-    expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_SHAPE, "conv_transpose3d", "groups 2",
+    ml_t_expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_SHAPE, "conv_transpose3d", "groups 2",
                "conv_transpose groups");
     pt = p;
     pt.padding[2] = 5;
-    expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_SHAPE, "conv_transpose3d", "output size",
+    ml_t_expect_err(ml_conv_transpose(&y, x, wt, NULL, &pt), ML_ERR_SHAPE, "conv_transpose3d", "output size",
                "conv_transpose output size");
     ML_CHECK(y == NULL);
     ml_tensor *ts[] = {x, w, w4, wg, xi, w64, b, wt};

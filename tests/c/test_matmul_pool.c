@@ -51,46 +51,10 @@ static ml_tensor *mk_distinct(int nd, const int64_t *shape, bool rg) {
     return t;
 }
 
-static double ck(const ml_tensor *t) {
-    if (!t || ml_tensor_numel(t) == 0) return 0;
-    int64_t idx[ML_MAX_DIMS] = {0}, i = 0;
-    double s = 0;
-    do s += ml_tensor_get(t, idx) * sin(0.05 * (double)i++);
-    while (ml_t_next_index(t->ndim, t->shape, idx));
-    return s;
-}
 
-static ml_tensor *mk_cot(const ml_tensor *y) {
-    ml_tensor *r = NULL;
-    if (ml_tensor_empty(&r, (ml_dtype)y->dtype, y->ndim, y->shape)) return NULL;
-    int64_t n = ml_tensor_numel(r);
-    for (int64_t j = 0; j < n; j++) ml_store_elem(ml_tensor_data(r), (ml_dtype)y->dtype, j, cos(0.1 * (double)j));
-    return r;
-}
 
-static double max_abs(const ml_tensor *t) {
-    if (ml_tensor_numel(t) == 0) return 0;
-    int64_t idx[ML_MAX_DIMS] = {0};
-    double m = 0;
-    do { double v = fabs(ml_tensor_get(t, idx)); if (v > m) m = v; } while (ml_t_next_index(t->ndim, t->shape, idx));
-    return m;
-}
 
-static double rel_diff(const ml_tensor *a, const ml_tensor *b) {
-    if (!a || !b) return INFINITY;
-    double m = max_abs(b);
-    return ml_t_maxdiff(a, b) / (m > 1e-12 ? m : 1.0);
-}
 
-static void expect_err(ml_err got, ml_err want, const char *need1, const char *need2, const char *what) {
-    if (got != want) {
-        ML_FAIL_("%s: returned %s, expected %s (%s)", what, ml_errname(got), ml_errname(want), ml_errmsg());
-        return;
-    }
-    if ((need1 && !strstr(ml_errmsg(), need1)) || (need2 && !strstr(ml_errmsg(), need2)))
-        ML_FAIL_("%s: message \"%s\" should mention \"%s\" and \"%s\"", what, ml_errmsg(), need1 ? need1 : "",
-                 need2 ? need2 : "");
-}
 
 /* Generic f32-vs-f64 comparison: fn(out, in) on f64 inputs and on f32 copies, then backward with
  * the same cotangent; compares the output and every input gradient. */
@@ -106,7 +70,7 @@ static void agree(const char *what, fn_t fn, int nin, ml_tensor **in64, void *ud
     ML_CHECK_OK(fn(&y64, in64, ud));
     ML_CHECK_OK(fn(&y32, in32, ud));
     if (y64 && y32) {
-        double e = rel_diff(y32, y64);
+        double e = ml_t_reldiff(y32, y64);
         if (!(e <= tol)) ML_FAIL_("%s: forward rel err %g", what, e);
         ml_randn(&r64, ML_F64, y64->ndim, y64->shape);
         r32 = cast(r64, ML_F32, false);
@@ -115,7 +79,7 @@ static void agree(const char *what, fn_t fn, int nin, ml_tensor **in64, void *ud
         ML_CHECK_OK(ml_backward(y32, r32, false));
         for (int i = 0; i < nin; i++) {
             if (!in64[i] || !in64[i]->requires_grad) continue;
-            double eg = rel_diff(in32[i]->grad, in64[i]->grad);
+            double eg = ml_t_reldiff(in32[i]->grad, in64[i]->grad);
             if (!(eg <= tol)) ML_FAIL_("%s: input %d grad rel err %g", what, i, eg);
         }
     }
@@ -292,7 +256,7 @@ ML_TEST(matmul_values_and_edge_shapes) {
         ml_ones(&ka, t, 2, (int64_t[]){2, 0});
         ml_ones(&kb, t, 2, (int64_t[]){0, 3});
         ML_CHECK_OK(ml_matmul(&k0, ka, kb));
-        if (k0) ML_CHECK(k0->shape[0] == 2 && k0->shape[1] == 3 && max_abs(k0) == 0);
+        if (k0) ML_CHECK(k0->shape[0] == 2 && k0->shape[1] == 3 && ml_t_maxabs(k0) == 0);
         ml_tensor *lb = NULL;
         ml_full(&lb, t, 1, (int64_t[]){3}, 2.5);
         ml_tensor *wl = NULL;
@@ -365,25 +329,25 @@ ML_TEST(matmul_errors) {
     ml_full(&s, ML_F32, 0, NULL, 1.0);
     ml_zeros(&i32, ML_I32, 2, (int64_t[]){4, 3});
     ml_randn(&a64, ML_F64, 2, (int64_t[]){4, 3});
-    expect_err(ml_matmul(&y, a, b), ML_ERR_SHAPE, "matmul", "[5, 6]", "inner dims");
+    ml_t_expect_err(ml_matmul(&y, a, b), ML_ERR_SHAPE, "matmul", "[5, 6]", "inner dims");
     ML_CHECK(strstr(ml_errmsg(), "[3, 4]") != NULL && y == NULL);
-    expect_err(ml_matmul(&y, s, a), ML_ERR_SHAPE, "matmul", "[]", "0-d");
-    expect_err(ml_matmul(&y, a, a64), ML_ERR_DTYPE, "matmul", "float64", "dtype mismatch");
-    expect_err(ml_matmul(&y, i32, a), ML_ERR_DTYPE, "matmul", "int32", "integer");
+    ml_t_expect_err(ml_matmul(&y, s, a), ML_ERR_SHAPE, "matmul", "[]", "0-d");
+    ml_t_expect_err(ml_matmul(&y, a, a64), ML_ERR_DTYPE, "matmul", "float64", "dtype mismatch");
+    ml_t_expect_err(ml_matmul(&y, i32, a), ML_ERR_DTYPE, "matmul", "int32", "integer");
     ml_tensor *c3 = NULL, *d3 = NULL;
     ml_randn(&c3, ML_F32, 3, (int64_t[]){3, 3, 4});
     ml_randn(&d3, ML_F32, 3, (int64_t[]){2, 4, 5});
-    expect_err(ml_matmul(&y, c3, d3), ML_ERR_SHAPE, "matmul", "broadcast", "batch mismatch");
-    expect_err(ml_bmm(&y, a, b3), ML_ERR_SHAPE, "bmm", "[3, 4]", "bmm rank");
-    expect_err(ml_bmm(&y, c3, d3), ML_ERR_SHAPE, "bmm", "[2, 4, 5]", "bmm batch");
+    ml_t_expect_err(ml_matmul(&y, c3, d3), ML_ERR_SHAPE, "matmul", "broadcast", "batch mismatch");
+    ml_t_expect_err(ml_bmm(&y, a, b3), ML_ERR_SHAPE, "bmm", "[3, 4]", "bmm rank");
+    ml_t_expect_err(ml_bmm(&y, c3, d3), ML_ERR_SHAPE, "bmm", "[2, 4, 5]", "bmm batch");
     ml_tensor *w = NULL, *bias = NULL;
     ml_randn(&w, ML_F32, 2, (int64_t[]){7, 5});
     ml_randn(&bias, ML_F32, 1, (int64_t[]){6});
-    expect_err(ml_linear(&y, a, w, NULL), ML_ERR_SHAPE, "linear", "[7, 5]", "linear in features");
+    ml_t_expect_err(ml_linear(&y, a, w, NULL), ML_ERR_SHAPE, "linear", "[7, 5]", "linear in features");
     ml_tensor *w4 = NULL;
     ml_randn(&w4, ML_F32, 2, (int64_t[]){7, 4});
-    expect_err(ml_linear(&y, a, w4, bias), ML_ERR_SHAPE, "linear", "[6]", "linear bias");
-    expect_err(ml_linear(&y, a, a64, NULL), ML_ERR_DTYPE, "linear", "float64", "linear dtype");
+    ml_t_expect_err(ml_linear(&y, a, w4, bias), ML_ERR_SHAPE, "linear", "[6]", "linear bias");
+    ml_t_expect_err(ml_linear(&y, a, a64, NULL), ML_ERR_DTYPE, "linear", "float64", "linear dtype");
     ML_CHECK(y == NULL);
     ml_tensor *ts[] = {a, b, s, i32, a64, b3, c3, d3, w, bias, w4};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
@@ -585,9 +549,9 @@ ML_TEST(pool_pytorch_reference) {
                 bool ok = y->ndim == R->xnd;
                 for (int j = 0; ok && j < y->ndim; j++) ok = y->shape[j] == R->ys[j];
                 if (!ok) ML_FAIL_("%s: output shape %s", pool_str(&c, R->xs), ml_shape_str(y->ndim, y->shape));
-                r = mk_cot(y);
+                r = ml_t_cotangent(y);
                 if (ok && !ml_backward(y, r, false)) {
-                    double g0 = ck(y), g1 = ck(x->grad);
+                    double g0 = ml_t_checksum(y), g1 = ml_t_checksum(x->grad);
                     if (!(fabs(g0 - R->ck[0]) <= tol * (1 + fabs(R->ck[0]))))
                         ML_FAIL_("%s %s: output checksum %.10g vs PyTorch %.10g", ml_dtype_name(t), pool_str(&c, R->xs),
                                  g0, R->ck[0]);
@@ -644,23 +608,23 @@ ML_TEST(pool_errors) {
     ml_pool_params p = {.k = 3, .kernel = {2, 2, 2}, .stride = {2, 2, 2}, .padding = {0, 0, 0}, .dilation = {1, 1, 1}};
     ml_pool_params q = p;
     q.padding[1] = 2;
-    expect_err(ml_max_pool(&y, x, &q), ML_ERR_ARG, "max_pool3d", "half", "padding > kernel/2");
+    ml_t_expect_err(ml_max_pool(&y, x, &q), ML_ERR_ARG, "max_pool3d", "half", "padding > kernel/2");
     q = p;
     q.kernel[0] = 0;
-    expect_err(ml_avg_pool(&y, x, &q), ML_ERR_ARG, "avg_pool3d", "kernel", "kernel 0");
+    ml_t_expect_err(ml_avg_pool(&y, x, &q), ML_ERR_ARG, "avg_pool3d", "kernel", "kernel 0");
     q = p;
     q.kernel[2] = 6;
     q.stride[2] = 1;
-    expect_err(ml_max_pool(&y, x, &q), ML_ERR_SHAPE, "max_pool3d", "[1, 2, 4, 4, 4]", "output size <= 0");
+    ml_t_expect_err(ml_max_pool(&y, x, &q), ML_ERR_SHAPE, "max_pool3d", "[1, 2, 4, 4, 4]", "output size <= 0");
     q = p;
     q.k = 2;
-    expect_err(ml_max_pool(&y, x, &q), ML_ERR_SHAPE, "max_pool2d", "[1, 2, 4, 4, 4]", "wrong rank");
-    expect_err(ml_max_pool(&y, xi, &p), ML_ERR_DTYPE, "max_pool3d", "int64", "integer input");
-    expect_err(ml_adaptive_avg_pool(&y, x, 3, (int64_t[]){2, 0, 2}), ML_ERR_ARG, "adaptive_avg_pool3d", "[2, 0, 2]",
+    ml_t_expect_err(ml_max_pool(&y, x, &q), ML_ERR_SHAPE, "max_pool2d", "[1, 2, 4, 4, 4]", "wrong rank");
+    ml_t_expect_err(ml_max_pool(&y, xi, &p), ML_ERR_DTYPE, "max_pool3d", "int64", "integer input");
+    ml_t_expect_err(ml_adaptive_avg_pool(&y, x, 3, (int64_t[]){2, 0, 2}), ML_ERR_ARG, "adaptive_avg_pool3d", "[2, 0, 2]",
                "adaptive size 0");
-    expect_err(ml_adaptive_avg_pool(&y, x, 1, (int64_t[]){2}), ML_ERR_SHAPE, "adaptive_avg_pool1d", "[1, 2, 4, 4, 4]",
+    ml_t_expect_err(ml_adaptive_avg_pool(&y, x, 1, (int64_t[]){2}), ML_ERR_SHAPE, "adaptive_avg_pool1d", "[1, 2, 4, 4, 4]",
                "adaptive rank");
-    expect_err(ml_max_pool(&y, x, NULL), ML_ERR_ARG, "max_pool", NULL, "NULL params");
+    ml_t_expect_err(ml_max_pool(&y, x, NULL), ML_ERR_ARG, "max_pool", NULL, "NULL params");
     ML_CHECK(y == NULL);
     ml_tensor_release(x);
     ml_tensor_release(xi);
