@@ -1290,10 +1290,8 @@ int luaopen_medlua(lua_State *L) {
     lua_settop(L, mod);
     ml_lua_open_util(L);
     lua_settop(L, mod);
-    if (ml_lua_open_io) { ml_lua_open_io(L); lua_settop(L, mod); }
-    if (ml_lua_open_volume) { ml_lua_open_volume(L); lua_settop(L, mod); }
-    if (ml_lua_open_render) { ml_lua_open_render(L); lua_settop(L, mod); }
-    if (ml_lua_open_data) { ml_lua_open_data(L); lua_settop(L, mod); }
+    ml_lua_open_io(L);
+    lua_settop(L, mod);
 
     /* memory: the main thread runs a full GC when an allocation fails */
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);

@@ -97,11 +97,9 @@ int luaopen_medlua(lua_State *L);
 /* nn_lua.c: pushes the medlua.F table. */
 int ml_lua_open_nn(lua_State *L);
 /* Extensions from other bindings: each adds its functions to the medlua table on top of the
- * stack. ml_lua_open_util is in modules/nn/optim_lua.c; the others are optional (weak). */
+ * stack (util: modules/nn/optim_lua.c; io: modules/io/io_lua.c). A new binding adds its opener
+ * here and a call in luaopen_medlua. */
 int ml_lua_open_util(lua_State *L);
-int ml_lua_open_io(lua_State *L) __attribute__((weak));
-int ml_lua_open_volume(lua_State *L) __attribute__((weak));
-int ml_lua_open_render(lua_State *L) __attribute__((weak));
-int ml_lua_open_data(lua_State *L) __attribute__((weak));
+int ml_lua_open_io(lua_State *L);
 
 #endif
