@@ -545,9 +545,13 @@ static void S(ln_rowsums)(const T *g, const T *x, const T *w, int64_t R, int64_t
     }
 }
 
-/* dx = g*w*p[r] + (x - mean[r])*q[r] + rr[r] */
+/* dx = g*w*p[r] + (x - mean[r])*q[r] + rr[r]; without w it is seg_lin */
 static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64_t K, int64_t nch, const double *mean,
                      const double *p, const double *q, const double *rr) {
+    if (!w) { /* no affine weight: the same update as the norm's shared linear rule */
+        S(seg_lin)(g, x, dx, R, K, nch, mean, p, q, rr);
+        return;
+    }
     int64_t total = R * nch;
     int nt = nn_threads(R * K, total);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -557,13 +561,8 @@ static void S(ln_dx)(const T *g, const T *x, const T *w, T *dx, int64_t R, int64
         const T *gq = g + r * K, *xq = x + r * K;
         T *o = dx + r * K;
         T m = (T)mean[r], pp = (T)p[r], qq = (T)q[r], c0 = (T)rr[r];
-        if (w) {
 #pragma omp simd
-            for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * w[i] * pp + (xq[i] - m) * qq + c0;
-        } else {
-#pragma omp simd
-            for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * pp + (xq[i] - m) * qq + c0;
-        }
+        for (int64_t i = lo; i < hi; i++) o[i] = gq[i] * w[i] * pp + (xq[i] - m) * qq + c0;
     }
 }
 
