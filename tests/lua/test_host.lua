@@ -248,8 +248,10 @@ T.case("REPL in a terminal: completion, multi-line, Ctrl-C, history", function()
     local bytes = s[1]:gsub(".", function(c) return string.format("\\%03o", c:byte()) end)
     parts[#parts + 1] = string.format("printf '%s'; sleep %.1f", bytes, s[2])
   end
+  -- 'exec': script runs the command through $SHELL -c; a shell that stays in between (dash, the
+  -- default when SHELL is unset) is killed by the first Ctrl-C and script then reports 130
   local cmd = "(" .. table.concat(parts, "; ") .. ") | HOME=" .. q(home) ..
-    " timeout 30 script -qfec " .. q(exe) .. " /dev/null"
+    " timeout 30 script -qfec " .. q("exec " .. q(exe)) .. " /dev/null"
   local out, _, code = run(cmd)
   out = out:gsub("\27%[%?2004[hl]", ""):gsub("\r", "")
   T.eq(code, 0, out)
