@@ -13,25 +13,33 @@ ifeq ($(SAN),1)
   BUILD := build-san
 endif
 
-DEB_PKGS := libdnnl-dev liblua5.4-dev libcjson-dev libreadline-dev pkg-config
+DEB_PKGS := libdnnl-dev liblua5.4-dev libcjson-dev libreadline-dev pkg-config \
+  libnifti2-dev libdcmtk-dev libopenjp2-7-dev libstb-dev libdeflate-dev zlib1g-dev
 
 OPT := -O3 -march=native -fno-math-errno
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -fopenmp -fPIC -g \
   $(shell pkg-config --cflags lua5.4 2>/dev/null) -I/usr/include/lua5.4 -Imodules
 ifeq ($(SAN),1)
   CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  CXXFLAGS := $(CXXFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDSAN := -fsanitize=address,undefined
 else
   CFLAGS := $(CFLAGS_BASE) $(OPT)
+  CXXFLAGS := $(CXXFLAGS_BASE) -O2
   LDSAN :=
 endif
-LDLIBS := -ldnnl -lcjson $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lreadline -lm -lpthread -fopenmp
+CXX ?= g++
+CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -g -Imodules \
+  $(shell pkg-config --cflags libopenjp2 2>/dev/null)
+DCMTK_LIBS := -ldcmjpls -ldcmjpeg -ldcmimage -ldcmimgle -ldcmdata -loflog -lofstd -ldcmtkcharls -lijg8 -lijg12 -lijg16
+LDLIBS := -lniftiio -lznz $(DCMTK_LIBS) -lopenjp2 -ldeflate -lz -lstdc++ -ldnnl -lcjson $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lreadline -lm -lpthread -fopenmp
 
 # Core: every modules/*/*.c except the Lua bindings (*_lua.c)
 CORE_SRC := $(filter-out %_lua.c,$(wildcard modules/*/*.c))
+CXX_SRC := $(wildcard modules/*/*.cpp)
 BIND_SRC := $(wildcard modules/*/*_lua.c)
 HOST_SRC := $(wildcard host/*.c)
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(CXX_SRC:%.cpp=$(BUILD)/obj/%.o)
 BIND_OBJ := $(BIND_SRC:%.c=$(BUILD)/obj/%.o)
 HOST_OBJ := $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
 HEADERS := $(wildcard modules/*/*.h)
@@ -54,6 +62,10 @@ deps:
 $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(BUILD)/libmedlua.a: $(CORE_OBJ)
 	@mkdir -p $(dir $@)

@@ -101,5 +101,6 @@ int ml_lua_open_nn(lua_State *L);
  * here and a call in luaopen_medlua. */
 int ml_lua_open_util(lua_State *L);
 int ml_lua_open_io(lua_State *L);
+int ml_lua_open_volume(lua_State *L); /* modules/volume/volume_lua.c: medlua._volume */
 
 #endif

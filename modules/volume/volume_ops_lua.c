@@ -1,0 +1,4 @@
+/* Volume binding: ops (placeholder until implemented; see volume_lua.h). */
+#include "volume/volume_lua.h"
+
+const luaL_Reg ml_lua_volume_ops_funcs[] = {{NULL, NULL}};
