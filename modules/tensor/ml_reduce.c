@@ -1060,3 +1060,114 @@ ml_err ml_sum_to(ml_tensor **out, ml_tensor *g, int ndim, const int64_t *shape) 
     ml_tensor_release(r);
     return e;
 }
+
+/* ------------------------------------------------------------ quantile */
+/* k-th smallest of v[lo..hi] (inclusive) moved to v[k], smaller left, larger right (Hoare
+ * partition around a median of three; expected linear time). */
+#define ML_DEF_SELECT(NAME, T)                                                                   \
+    static void NAME(T *v, int64_t lo, int64_t hi, int64_t k) {                                 \
+        while (hi > lo) {                                                                        \
+            int64_t mid = lo + (hi - lo) / 2;                                                    \
+            T a = v[lo], b = v[mid], c = v[hi];                                                  \
+            T p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));         \
+            int64_t i = lo, j = hi;                                                              \
+            while (i <= j) {                                                                     \
+                while (v[i] < p) i++;                                                            \
+                while (v[j] > p) j--;                                                            \
+                if (i <= j) {                                                                    \
+                    T t = v[i];                                                                  \
+                    v[i] = v[j];                                                                 \
+                    v[j] = t;                                                                    \
+                    i++;                                                                         \
+                    j--;                                                                         \
+                }                                                                                \
+            }                                                                                    \
+            if (k <= j) hi = j;                                                                  \
+            else if (k >= i) lo = i;                                                             \
+            else return;                                                                         \
+        }                                                                                        \
+    }
+ML_DEF_SELECT(select_f32, float)
+ML_DEF_SELECT(select_f64, double)
+
+static int cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q) {
+    *out = NULL;
+    if (nq <= 0 || nq > 4096) return ml_seterr(ML_ERR_ARG, "quantile: need 1 to 4096 quantiles, got %d", nq);
+    for (int i = 0; i < nq; i++)
+        if (!(q[i] >= 0 && q[i] <= 1)) return ml_seterr(ML_ERR_ARG, "quantile: q = %g outside [0, 1]", q[i]);
+    int64_t n = ml_tensor_numel(a);
+    if (n == 0) return ml_seterr(ML_ERR_SHAPE, "quantile: input is empty (shape %s)", ml_shape_str(a->ndim, a->shape));
+    bool wide = a->dtype == ML_F64 || a->dtype == ML_I64;
+    ml_tensor *c = NULL, *flat = NULL;
+    ml_err e = ml_to_dtype(&c, a, wide ? ML_F64 : ML_F32);
+    if (!e) e = ml_clone(&flat, c); /* private copy: selection reorders it */
+    ml_tensor_release(c);
+    if (e) return e;
+    int64_t one = nq;
+    ml_tensor *res = NULL;
+    e = ml_tensor_empty(&res, ML_F64, 1, &one);
+    if (e) {
+        ml_tensor_release(flat);
+        return e;
+    }
+    double *r = ml_tensor_data(res);
+    /* process quantiles in ascending order so each selection works on a shrinking range */
+    double (*order)[2] = malloc(sizeof(double[2]) * (size_t)nq);
+    if (!order) {
+        ml_tensor_release(flat);
+        ml_tensor_release(res);
+        return ml_seterr(ML_ERR_OOM, "quantile: out of memory");
+    }
+    for (int i = 0; i < nq; i++) {
+        order[i][0] = q[i];
+        order[i][1] = i;
+    }
+    qsort(order, (size_t)nq, sizeof order[0], cmp_dbl);
+    bool has_nan = false;
+    int64_t lo = 0;
+    if (wide) {
+        double *v = ml_tensor_data(flat);
+        for (int64_t i = 0; i < n && !has_nan; i++) has_nan = isnan(v[i]);
+        for (int t = 0; t < nq && !has_nan; t++) {
+            double pos = order[t][0] * (double)(n - 1);
+            int64_t k = (int64_t)floor(pos);
+            double fr = pos - (double)k;
+            select_f64(v, lo, n - 1, k);
+            double x0 = v[k], x1 = x0;
+            if (fr > 0 && k + 1 < n) {
+                x1 = v[k + 1];
+                for (int64_t i = k + 2; i < n; i++) x1 = v[i] < x1 ? v[i] : x1;
+            }
+            r[(int)order[t][1]] = x0 + fr * (x1 - x0);
+            lo = k;
+        }
+    } else {
+        float *v = ml_tensor_data(flat);
+        for (int64_t i = 0; i < n && !has_nan; i++) has_nan = isnan(v[i]);
+        for (int t = 0; t < nq && !has_nan; t++) {
+            double pos = order[t][0] * (double)(n - 1);
+            int64_t k = (int64_t)floor(pos);
+            double fr = pos - (double)k;
+            select_f32(v, lo, n - 1, k);
+            double x0 = v[k], x1 = x0;
+            if (fr > 0 && k + 1 < n) {
+                float m = v[k + 1];
+                for (int64_t i = k + 2; i < n; i++) m = v[i] < m ? v[i] : m;
+                x1 = m;
+            }
+            r[(int)order[t][1]] = x0 + fr * (x1 - x0);
+            lo = k;
+        }
+    }
+    if (has_nan)
+        for (int i = 0; i < nq; i++) r[i] = NAN; /* as torch.quantile: NaN in, NaN out */
+    free(order);
+    ml_tensor_release(flat);
+    *out = res;
+    return ML_OK;
+}

@@ -268,6 +268,9 @@ ml_err ml_min_dim(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int dim
 ml_err ml_argmax(ml_tensor **out, ml_tensor *a, int dim /* ML_ALL_DIMS: flat */, bool keepdim);
 ml_err ml_argmin(ml_tensor **out, ml_tensor *a, int dim, bool keepdim);
 ml_err ml_cumsum(ml_tensor **out, ml_tensor *a, int dim);
+/* Quantiles of all elements (flattened), linear interpolation between order statistics as
+ * torch.quantile's default; q in [0, 1]. Result: 1-D float64 [nq]. Not recorded. */
+ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q);
 /* Sum `grad` down to `shape` (un-broadcast). Returns retained grad if already that shape. */
 ml_err ml_sum_to(ml_tensor **out, ml_tensor *grad, int ndim, const int64_t *shape);
 

@@ -1229,7 +1229,7 @@ static const char *const method_aliases[] = {
     "logical_and", "logical_or", "logical_xor", "logical_not", "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sign",
     "floor", "ceil", "round", "trunc", "sin", "cos", "tan", "tanh", "sigmoid", "relu", "gelu", "silu", "softplus",
     "log1p", "expm1", "reciprocal", "square", "erf", "isnan", "isinf", "clamp", "sum", "mean", "prod", "amax", "amin",
-    "logsumexp", "var", "std", "norm", "max", "min", "argmax", "argmin", "cumsum", "matmul", "mm", "bmm", "softmax",
+    "logsumexp", "var", "std", "norm", "max", "min", "argmax", "argmin", "cumsum", "quantile", "matmul", "mm", "bmm", "softmax",
     "log_softmax", "index_select", "masked_select", "masked_fill", "gather", "one_hot", "reshape", "flatten",
     "permute", "transpose", "squeeze", "unsqueeze", "narrow", "select", "clone", "detach", "numel", NULL};
 

@@ -388,6 +388,43 @@ static int m_cumsum(lua_State *L) {
     return done(L, "cumsum", ml_cumsum(slot, a, dim));
 }
 
+/* t:quantile(q): q a number (-> 0-d tensor) or a list / 1-D tensor of numbers (-> 1-D tensor), over all
+ * elements, linear interpolation (torch.quantile's default). */
+static int m_quantile(lua_State *L) {
+    ml_lua_check_nargs(L, 2, "quantile");
+    ml_tensor *a = self_t(L, "quantile");
+    double qs[4096];
+    int nq = 0;
+    bool scalar = lua_type(L, 2) == LUA_TNUMBER;
+    if (scalar) {
+        qs[nq++] = lua_tonumber(L, 2);
+    } else if (lua_istable(L, 2)) {
+        lua_Integer n = luaL_len(L, 2);
+        if (n < 1 || n > 4096) return luaL_error(L, "quantile: need 1 to 4096 quantiles, got %d", (int)n);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_geti(L, 2, i);
+            int ok;
+            qs[nq++] = lua_tonumberx(L, -1, &ok);
+            if (!ok) return luaL_error(L, "quantile: q[%d] is not a number", (int)i);
+            lua_pop(L, 1);
+        }
+    } else {
+        ml_tensor *qt = ml_lua_totensor(L, 2);
+        if (!qt || qt->ndim > 1 || ml_tensor_numel(qt) < 1 || ml_tensor_numel(qt) > 4096)
+            return luaL_error(L, "quantile: q must be a number, a list of numbers or a 1-D tensor");
+        for (int64_t i = 0; i < ml_tensor_numel(qt); i++) qs[nq++] = ml_tensor_get(qt, &i);
+    }
+    ml_tensor **slot = ml_lua_newbox(L);
+    ml_err e = ml_quantile(slot, a, nq, qs);
+    if (e == ML_OK && scalar) {
+        ml_tensor *v = NULL;
+        e = ml_view(&v, *slot, 0, NULL);
+        ml_tensor_release(*slot);
+        *slot = v;
+    }
+    return done(L, "quantile", e);
+}
+
 /* ------------------------------------------------------------- size / info */
 static void push_int_list(lua_State *L, int n, const int64_t *v) {
     lua_createtable(L, n, 0);
@@ -1228,6 +1265,7 @@ static const luaL_Reg methods[] = {
     {"argmax", m_argmax},
     {"argmin", m_argmin},
     {"cumsum", m_cumsum},
+    {"quantile", m_quantile},
     {"matmul", m_matmul},
     {"mm", m_mm},
     {"bmm", m_bmm},
