@@ -141,13 +141,17 @@ end
 
 --- vol:save_slices(dir, opts): one PNG per slice, named 001.png, 002.png, ...
 ---   opts.axis (0|1|2, default 2), opts.normalization ("minmax"|"window"|"percentile"),
----   opts.window = {center, width}, opts.bits (8|16), opts.first/opts.last (0-based, inclusive),
----   opts.digits (default 3, more when needed). Returns the list of file names and the range used.
+---   opts.window = {center, width}, opts.lower/opts.upper (percentiles), opts.bits (8|16),
+---   opts.first/opts.last (0-based, inclusive), opts.digits (default 3, more when needed),
+---   opts.on_slice(i, n) called after each file. The intensity range comes from the whole volume.
+---   Returns the list of file names and the range used.
 function methods.save_slices(vol, dir, opts)
   opts = opts or {}
   local axis = opts.axis or 2
+  if axis ~= 0 and axis ~= 1 and axis ~= 2 then
+    fail("Volume:save_slices", "axis must be 0, 1 or 2, got %s", tostring(axis))
+  end
   local n = vol.shape[axis + 1]
-  if not n or axis < 0 or axis > 2 then fail("Volume:save_slices", "axis must be 0, 1 or 2, got %s", tostring(axis)) end
   local first, last = opts.first or 0, opts.last or (n - 1)
   if first < 0 or last >= n or first > last then
     fail("Volume:save_slices", "slice range %d:%d outside [0, %d)", first, last + 1, n)
@@ -156,17 +160,19 @@ function methods.save_slices(vol, dir, opts)
   local w = opts.window or {}
   local data = vol.data
   if data:dim() == 4 then data = data:select(3, 0) end
-  local scaled, lo, hi = M.normalize(data, how, w[1] or opts.lower, w[2] or opts.upper)
+  local _, lo, hi = M.normalize(data:slice(0, 0, 1), how, w[1] or opts.lower, w[2] or opts.upper)
+  if how ~= "window" then _, lo, hi = M.normalize(data, how, opts.lower, opts.upper) end
   local bits = opts.bits or 8
   local maxv = bits == 16 and 65535 or 255
+  local scale = hi > lo and maxv / (hi - lo) or 0
   local digits = math.max(opts.digits or 3, #tostring(last - first + 1))
   local names = {}
-  local a = axis
   for k = first, last do
-    local img = scaled:select(a, k):t() * maxv
+    local img = ((data:select(axis, k):t():float() - lo) * scale):clamp(0, maxv)
     local name = string.format("%0" .. digits .. "d.png", k - first + 1)
     C.write_png(dir .. "/" .. name, img, {bits = bits})
     names[#names + 1] = name
+    if opts.on_slice then opts.on_slice(k - first + 1, last - first + 1) end
   end
   return names, lo, hi
 end
