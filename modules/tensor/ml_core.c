@@ -181,8 +181,8 @@ static size_t mmap_len(size_t sz) { return (sz + ML_HUGE - 1) & ~(ML_HUGE - 1); 
 /* Freed large blocks are kept (up to ML_BLOCK_CACHE bytes) and handed out again for the same mapped
  * length: a training step allocates the same sizes every time, and reusing them saves the page faults
  * and page clearing that otherwise cost ~15% of a U-Net step. ml_flush_caches() returns them. */
-#define ML_BLOCK_CACHE ((size_t)128 << 20)
-#define ML_BLOCK_SLOTS 64
+#define ML_BLOCK_CACHE ((size_t)1024 << 20)
+#define ML_BLOCK_SLOTS 256
 static struct { void *p; size_t len; } g_blocks[ML_BLOCK_SLOTS];
 static size_t g_block_bytes;
 static pthread_mutex_t g_block_mu = PTHREAD_MUTEX_INITIALIZER;
