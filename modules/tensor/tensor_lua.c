@@ -1294,6 +1294,10 @@ int luaopen_medlua(lua_State *L) {
     lua_settop(L, mod);
     ml_lua_open_volume(L);
     lua_settop(L, mod);
+    ml_lua_open_metrics(L);
+    lua_settop(L, mod);
+    ml_lua_open_data(L);
+    lua_settop(L, mod);
 
     /* memory: the main thread runs a full GC when an allocation fails */
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);

@@ -102,5 +102,7 @@ int ml_lua_open_nn(lua_State *L);
 int ml_lua_open_util(lua_State *L);
 int ml_lua_open_io(lua_State *L);
 int ml_lua_open_volume(lua_State *L); /* modules/volume/volume_lua.c: medlua._volume */
+int ml_lua_open_metrics(lua_State *L); /* modules/nn/metrics_lua.c: medlua._metrics */
+int ml_lua_open_data(lua_State *L); /* modules/data/data_lua.c: medlua._data */
 
 #endif
