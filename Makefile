@@ -47,7 +47,7 @@ HEADERS := $(wildcard modules/*/*.h)
 CTEST_SRC := $(wildcard tests/c/test_*.c)
 CTEST_BIN := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-c test-lua bench clean install
+.PHONY: all deps run test test-c test-lua bench clean install fuzz
 all: $(BUILD)/medlua
 
 # Install missing Debian packages (root on CI; otherwise sudo if present).
@@ -92,3 +92,37 @@ bench: deps
 
 clean:
 	rm -rf build build-san
+
+# libFuzzer targets (fuzz/fuzz_*.c): the core built again with clang, ASan and UBSan.
+#   make fuzz                 build and run each target for FUZZ_TIME seconds (default 600)
+#   make fuzz FUZZ_TIME=60    a shorter run; crashers land in fuzz/crashers_<name>/
+FUZZ_TIME ?= 600
+FUZZ_BUILD := build-fuzz
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -Imodules \
+  -I/usr/include/lua5.4 $(shell pkg-config --cflags libopenjp2 2>/dev/null)
+FUZZ_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer-no-link,address,undefined -Imodules \
+  $(shell pkg-config --cflags libopenjp2 2>/dev/null)
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_OBJ := $(CORE_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(CXX_SRC:%.cpp=$(FUZZ_BUILD)/obj/%.o)
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: %.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	clang++ $(FUZZ_CXXFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/%: fuzz/%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(LDLIBS)
+
+fuzz: deps
+	@command -v clang >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get install -y -qq clang >/dev/null; }
+	@$(MAKE) --no-print-directory -j$$(nproc) $(FUZZ_BIN)
+	@for b in $(FUZZ_BIN); do n=$$(basename $$b); n=$${n#fuzz_}; \
+	  mkdir -p fuzz/corpus_$$n fuzz/crashers_$$n $(FUZZ_BUILD)/corpus_$$n; \
+	  echo "fuzzing $$n for $(FUZZ_TIME) s"; \
+	  $$b -max_total_time=$(FUZZ_TIME) -artifact_prefix=fuzz/crashers_$$n/ -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus_$$n fuzz/corpus_$$n 2>&1 | grep -E "^(stat::number_of_executed_units|Done|==|SUMMARY)" ; \
+	done
