@@ -308,14 +308,16 @@ local function make_batchnorm(k)
       self:register_buffer("num_batches_tracked", medlua.zeros({}, {dtype = "int64"}))
     end
   end
-  function B:forward(x)
+  -- prelu_weight (optional): apply PReLU in the same op (ADN fuses norm + PReLU this way)
+  function B:forward(x, prelu_weight)
     local use_batch = self.training or not self.track_running_stats
     if self.training and self.track_running_stats then
       self.num_batches_tracked:add_(1)
     end
     return F.batch_norm(x, self.running_mean, self.running_var, {weight = self.weight, bias = self.bias,
-      training = use_batch, momentum = self.momentum, eps = self.eps})
+      training = use_batch, momentum = self.momentum, eps = self.eps, prelu = prelu_weight})
   end
+  B.fuses_prelu = true
   function B:extra_repr()
     return string.format("%d, eps=%g, momentum=%g, affine=%s", self.num_features, self.eps, self.momentum, tostring(self.affine))
   end
@@ -332,7 +334,10 @@ local function make_instancenorm(k)
       self:register_parameter("bias", medlua.zeros({num_features}))
     end
   end
-  function I:forward(x) return F.instance_norm(x, {weight = self.weight, bias = self.bias, eps = self.eps}) end
+  function I:forward(x, prelu_weight)
+    return F.instance_norm(x, {weight = self.weight, bias = self.bias, eps = self.eps, prelu = prelu_weight})
+  end
+  I.fuses_prelu = true
   function I:extra_repr() return string.format("%d, eps=%g, affine=%s", self.num_features, self.eps, tostring(self.affine)) end
 end
 for k = 1, 3 do make_instancenorm(k) end
@@ -346,7 +351,10 @@ function GroupNorm:init(num_groups, num_channels, opts)
     self:register_parameter("bias", medlua.zeros({num_channels}))
   end
 end
-function GroupNorm:forward(x) return F.group_norm(x, self.num_groups, {weight = self.weight, bias = self.bias, eps = self.eps}) end
+function GroupNorm:forward(x, prelu_weight)
+  return F.group_norm(x, self.num_groups, {weight = self.weight, bias = self.bias, eps = self.eps, prelu = prelu_weight})
+end
+GroupNorm.fuses_prelu = true
 
 local LayerNorm = class("LayerNorm", Module)
 function LayerNorm:init(normalized_shape, opts)
@@ -439,7 +447,23 @@ function ADN:init(o)
     elseif c == "A" then local m = make_act(o.act); if m then self:add_module("A", m) end end
   end
 end
-ADN.forward = Sequential.forward
+-- A norm directly followed by PReLU runs as one fused op (same result, fewer passes over memory,
+-- the norm's output is never stored); everything else runs in order like Sequential.
+function ADN:forward(x)
+  local ch = self._children
+  local i = 1
+  while i <= #ch do
+    local m, nxt = self[ch[i]], ch[i + 1] and self[ch[i + 1]]
+    if m.fuses_prelu and nxt and getmetatable(nxt) == nn.PReLU and ADN.fuse ~= false then
+      x = m:forward(x, nxt.weight)
+      i = i + 2
+    else
+      x = m:forward(x)
+      i = i + 1
+    end
+  end
+  return x
+end
 
 -- Convolution: conv (or transposed conv) then ADN unless conv_only
 local Convolution = class("Convolution", Module)

@@ -40,6 +40,15 @@ ml_err ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *running_mean, ml_
                      ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps);
 ml_err ml_instance_norm(ml_tensor **out, ml_tensor *x, ml_tensor *weight, ml_tensor *bias, double eps);
 ml_err ml_group_norm(ml_tensor **out, ml_tensor *x, int64_t groups, ml_tensor *weight, ml_tensor *bias, double eps);
+/* The same norms followed by PReLU(prelu_weight: [1] or [C]) in one op: one pass forward, two backward,
+ * and the norm's output is never stored (what MONAI's ADN "NDA" with PReLU computes). */
+ml_err ml_batch_norm_prelu(ml_tensor **out, ml_tensor *x, ml_tensor *running_mean, ml_tensor *running_var,
+                           ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps,
+                           ml_tensor *prelu_weight);
+ml_err ml_instance_norm_prelu(ml_tensor **out, ml_tensor *x, ml_tensor *weight, ml_tensor *bias, double eps,
+                              ml_tensor *prelu_weight);
+ml_err ml_group_norm_prelu(ml_tensor **out, ml_tensor *x, int64_t groups, ml_tensor *weight, ml_tensor *bias,
+                           double eps, ml_tensor *prelu_weight);
 /* normalizes over the last `nnorm` dims; weight/bias shaped like those dims or NULL */
 ml_err ml_layer_norm(ml_tensor **out, ml_tensor *x, int nnorm, ml_tensor *weight, ml_tensor *bias, double eps);
 

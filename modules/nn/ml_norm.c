@@ -49,7 +49,9 @@ typedef struct {
     int64_t N, C, S, G;   /* G: groups per sample (group norm) */
     bool const_stats;     /* batch norm in eval mode: statistics are constants */
     bool has_w;
-    int slot_x, slot_mean, slot_rstd, slot_w;
+    bool has_act;         /* fused PReLU after the affine (slot_act: [3*nseg] f64 = sa, sb, slope) */
+    bool act_scalar;      /* the PReLU weight has one entry */
+    int slot_x, slot_mean, slot_rstd, slot_w, slot_act;
 } segnorm_params;
 _Static_assert(sizeof(segnorm_params) <= ML_NODE_PARAM_BYTES, "params");
 
@@ -81,18 +83,36 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     if (e) return e;
     int64_t N = p->N, C = p->C, L = p->S, nseg = N * C, ng = seg_ngroups(p), nch = nchunks(L);
     const double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr), *w = tw ? ml_tensor_data(tw) : NULL;
-    double *gs = malloc(sizeof(double) * (size_t)(2 * nseg * nch + 3 * nseg + 2 * ng + 2 * C + 8));
+    double *gs = malloc(sizeof(double) * (size_t)(3 * nseg * nch + 3 * nseg + 2 * ng + 3 * C + 8));
     if (!gs) { ml_tensor_release(g); return ml_seterr(ML_ERR_OOM, "%s backward: out of memory", op); }
-    double *part = gs, *segg = part + 2 * nseg * nch, *segd = segg + nseg, *mu_seg = segd + nseg;
-    double *ga = mu_seg + nseg, *gb = ga + ng, *dw = gb + ng, *db = dw + C;
+    double *part = gs, *segg = part + 3 * nseg * nch, *segd = segg + nseg, *mu_seg = segd + nseg;
+    double *ga = mu_seg + nseg, *gb = ga + ng, *dw = gb + ng, *db = dw + C, *dslope = db + C;
+    const double *act = NULL;
+    if (p->has_act) {
+        ml_tensor *ta = ml_node_saved(n, p->slot_act);
+        if (!ta) { free(gs); ml_tensor_release(g); return ML_ERR_GRAD; }
+        act = ml_tensor_data(ta); /* sa[nseg], sb[nseg], slope[nseg] */
+    }
     for (int64_t s = 0; s < nseg; s++) mu_seg[s] = mean[seg_group(p, s / C, s % C)];
-    if (dt == ML_F32) seg_gsums_f32(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
-    else seg_gsums_f64(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
+    int np = act ? 3 : 2;
+    if (act) {
+        if (dt == ML_F32) seg_gsums_act_f32(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, act, part);
+        else seg_gsums_act_f64(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, act, part);
+    } else {
+        if (dt == ML_F32) seg_gsums_f32(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
+        else seg_gsums_f64(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, part);
+    }
+    for (int64_t c = 0; c < C; c++) dslope[c] = 0;
     for (int64_t s = 0; s < nseg; s++) {
-        double a = 0, b = 0;
-        for (int64_t k = 0; k < nch; k++) { a += part[2 * (s * nch + k)]; b += part[2 * (s * nch + k) + 1]; }
-        segg[s] = a; /* sum g */
+        double a = 0, b = 0, d = 0;
+        for (int64_t k = 0; k < nch; k++) {
+            a += part[np * (s * nch + k)];
+            b += part[np * (s * nch + k) + 1];
+            if (act) d += part[np * (s * nch + k) + 2];
+        }
+        segg[s] = a; /* sum g (g: gradient w.r.t. the norm's output) */
         segd[s] = b; /* sum g*(x-mean) */
+        dslope[s % C] += d; /* PReLU weight: sum over y <= 0 of gz*y */
     }
     /* weight / bias grads: dbeta[c] = sum g, dgamma[c] = sum g*xhat */
     for (int64_t c = 0; c < C; c++) { dw[c] = 0; db[c] = 0; }
@@ -128,20 +148,33 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
                         rr[s] = -r * A;
                     }
                 }
-                if (dt == ML_F32) seg_lin_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
-                else seg_lin_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
+                if (act) {
+                    if (dt == ML_F32) seg_lin_act_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, act, pp, qq, rr);
+                    else seg_lin_act_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, act, pp, qq, rr);
+                } else {
+                    if (dt == ML_F32) seg_lin_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
+                    else seg_lin_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, pp, qq, rr);
+                }
                 free(pp);
             }
         }
     }
     if (!e && n->nin > 1 && n->needs[1]) e = nn_from_doubles(&dwt, (ml_dtype)n->in_dtype[1], n->in_ndim[1], n->in_shape[1], dw);
     if (!e && n->nin > 2 && n->needs[2]) e = nn_from_doubles(&dbt, (ml_dtype)n->in_dtype[2], n->in_ndim[2], n->in_shape[2], db);
+    ml_tensor *dst = NULL;
+    if (!e && act && n->needs[3]) {
+        if (p->act_scalar) {
+            for (int64_t c = 1; c < C; c++) dslope[0] += dslope[c];
+        }
+        e = nn_from_doubles(&dst, (ml_dtype)n->in_dtype[3], n->in_ndim[3], n->in_shape[3], dslope);
+    }
     free(gs);
     ml_tensor_release(g);
-    if (e) { ml_tensor_release(dx); ml_tensor_release(dwt); ml_tensor_release(dbt); return e; }
+    if (e) { ml_tensor_release(dx); ml_tensor_release(dwt); ml_tensor_release(dbt); ml_tensor_release(dst); return e; }
     gin[0] = dx;
     if (n->nin > 1) gin[1] = dwt;
     if (n->nin > 2) gin[2] = dbt;
+    if (n->nin > 3) gin[3] = dst;
     return ML_OK;
 }
 
@@ -157,7 +190,8 @@ static ml_err check_param_vec(const char *op, const char *what, const ml_tensor 
 
 /* Shared driver for batch/instance/group norm. */
 static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_tensor *rmean, ml_tensor *rvar,
-                      ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps) {
+                      ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps,
+                      ml_tensor *prelu_w) {
     *out = NULL;
     const char *op = kind_name(kind);
     ml_err e = nn_check_real(op, "input", x);
@@ -191,8 +225,18 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
                          ml_shape_str(x->ndim, x->shape));
     if (!(eps >= 0)) return ml_seterr(ML_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
     p.const_stats = kind == NK_BATCH && !training;
+    if (prelu_w) {
+        if ((e = nn_check_real(op, "prelu weight", prelu_w))) return e;
+        int64_t k = ml_tensor_numel(prelu_w);
+        if (prelu_w->ndim > 1 || (k != 1 && k != p.C))
+            return ml_seterr(ML_ERR_SHAPE, "%s: prelu weight has shape %s, expected [1] or [%lld] for input of shape %s",
+                             op, ml_shape_str(prelu_w->ndim, prelu_w->shape), (long long)p.C,
+                             ml_shape_str(x->ndim, x->shape));
+        p.has_act = true;
+        p.act_scalar = k == 1;
+    }
 
-    ml_tensor *xc = NULL, *y = NULL, *tm = NULL, *tr = NULL, *tw = NULL;
+    ml_tensor *xc = NULL, *y = NULL, *tm = NULL, *tr = NULL, *tw = NULL, *ta = NULL;
     ml_dtype dt = (ml_dtype)x->dtype;
     int64_t N = p.N, C = p.C, L = p.S, nseg = N * C, ng = seg_ngroups(&p), nch = nchunks(L);
     double *buf = NULL;
@@ -246,44 +290,79 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
         }
         free(gn);
     }
-    /* y = x*sa + sb per segment */
+    /* y = x*sa + sb per segment, then (fused) PReLU with slope[seg] */
+    if (p.has_act) {
+        int64_t three = 3 * nseg;
+        if ((e = ml_tensor_empty(&ta, ML_F64, 1, &three))) goto fail;
+    }
+    double *acts = ta ? ml_tensor_data(ta) : NULL;
+    if (acts) { sa = acts; sb = acts + nseg; }
     for (int64_t s = 0; s < nseg; s++) {
         int64_t c = s % C, gr = seg_group(&p, s / C, c);
         sa[s] = rstd[gr] * w[c];
         sb[s] = b[c] - mean[gr] * sa[s];
     }
-    if (dt == ML_F32) seg_affine_f32(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
-    else seg_affine_f64(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
+    if (acts) {
+        double *slope = acts + 2 * nseg;
+        for (int64_t s = 0; s < nseg; s++) {
+            int64_t k = p.act_scalar ? 0 : s % C;
+            slope[s] = ml_load_elem(prelu_w->storage->data, (ml_dtype)prelu_w->dtype,
+                                    prelu_w->offset + k * (prelu_w->ndim ? prelu_w->stride[0] : 0));
+        }
+        if (dt == ML_F32) seg_affine_act_f32(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, acts);
+        else seg_affine_act_f64(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, acts);
+    } else {
+        if (dt == ML_F32) seg_affine_f32(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
+        else seg_affine_f64(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, sa, sb);
+    }
 
-    ml_tensor *ins[3] = {x, weight, bias};
-    if (ml_needs_grad(3, ins)) {
+    ml_tensor *ins[4] = {x, weight, bias, prelu_w};
+    int nin = p.has_act ? 4 : 3;
+    if (ml_needs_grad(nin, ins)) {
         p.has_w = weight != NULL;
         if (weight && (e = nn_from_doubles(&tw, ML_F64, 1, &C, w))) goto fail;
-        p.slot_x = 0; p.slot_mean = 1; p.slot_rstd = 2; p.slot_w = 3;
-        ml_tensor *saves[4] = {xc, tm, tr, tw};
-        if ((e = nn_record(op, bw_segnorm, 3, ins, &y, &p, sizeof p, weight ? 4 : 3, saves))) goto fail;
+        p.slot_x = 0; p.slot_mean = 1; p.slot_rstd = 2; p.slot_w = 3; p.slot_act = 4;
+        ml_tensor *saves[5] = {xc, tm, tr, tw, ta};
+        if ((e = nn_record(op, bw_segnorm, nin, ins, &y, &p, sizeof p, 5, saves))) goto fail;
     }
     free(buf);
-    ml_tensor_release(xc); ml_tensor_release(tm); ml_tensor_release(tr); ml_tensor_release(tw);
+    ml_tensor_release(xc); ml_tensor_release(tm); ml_tensor_release(tr); ml_tensor_release(tw); ml_tensor_release(ta);
     *out = y;
     return ML_OK;
 fail:
     free(buf);
     ml_tensor_release(xc); ml_tensor_release(y); ml_tensor_release(tm); ml_tensor_release(tr); ml_tensor_release(tw);
+    ml_tensor_release(ta);
     return e;
 }
 
 ml_err ml_batch_norm(ml_tensor **out, ml_tensor *x, ml_tensor *running_mean, ml_tensor *running_var,
                      ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps) {
-    return segnorm(out, NK_BATCH, x, 0, running_mean, running_var, weight, bias, training, momentum, eps);
+    return segnorm(out, NK_BATCH, x, 0, running_mean, running_var, weight, bias, training, momentum, eps, NULL);
 }
 
 ml_err ml_instance_norm(ml_tensor **out, ml_tensor *x, ml_tensor *weight, ml_tensor *bias, double eps) {
-    return segnorm(out, NK_INSTANCE, x, 0, NULL, NULL, weight, bias, true, 0, eps);
+    return segnorm(out, NK_INSTANCE, x, 0, NULL, NULL, weight, bias, true, 0, eps, NULL);
 }
 
 ml_err ml_group_norm(ml_tensor **out, ml_tensor *x, int64_t groups, ml_tensor *weight, ml_tensor *bias, double eps) {
-    return segnorm(out, NK_GROUP, x, groups, NULL, NULL, weight, bias, true, 0, eps);
+    return segnorm(out, NK_GROUP, x, groups, NULL, NULL, weight, bias, true, 0, eps, NULL);
+}
+
+ml_err ml_batch_norm_prelu(ml_tensor **out, ml_tensor *x, ml_tensor *running_mean, ml_tensor *running_var,
+                           ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps,
+                           ml_tensor *prelu_weight) {
+    return segnorm(out, NK_BATCH, x, 0, running_mean, running_var, weight, bias, training, momentum, eps, prelu_weight);
+}
+
+ml_err ml_instance_norm_prelu(ml_tensor **out, ml_tensor *x, ml_tensor *weight, ml_tensor *bias, double eps,
+                              ml_tensor *prelu_weight) {
+    return segnorm(out, NK_INSTANCE, x, 0, NULL, NULL, weight, bias, true, 0, eps, prelu_weight);
+}
+
+ml_err ml_group_norm_prelu(ml_tensor **out, ml_tensor *x, int64_t groups, ml_tensor *weight, ml_tensor *bias,
+                           double eps, ml_tensor *prelu_weight) {
+    return segnorm(out, NK_GROUP, x, groups, NULL, NULL, weight, bias, true, 0, eps, prelu_weight);
 }
 
 /* ------------------------------------------------------------------------------ layer norm */
@@ -466,6 +545,76 @@ static void S(seg_gsums)(const T *g, const T *x, int64_t nseg, int64_t L, int64_
         }
         part[2 * k] = sg;
         part[2 * k + 1] = sd;
+    }
+}
+
+/* fused PReLU: act = sa[nseg], sb[nseg], slope[nseg]; z = y > 0 ? y : slope*y with y = x*sa + sb */
+static void S(seg_affine_act)(const T *x, T *z, int64_t nseg, int64_t L, int64_t nch, const double *act) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *q = x + seg * L;
+        T *o = z + seg * L;
+        T aa = (T)act[seg], bb = (T)act[nseg + seg], sl = (T)act[2 * nseg + seg];
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
+            T y = q[i] * aa + bb;
+            o[i] = y > 0 ? y : y * sl;
+        }
+    }
+}
+
+/* Per chunk, with gy = (y > 0 ? gz : slope*gz) recomputed from x: sum gy, sum gy*(x - mu), and
+ * sum over y <= 0 of gz*y (the PReLU weight gradient). part has 3*nseg*nch entries. */
+static void S(seg_gsums_act)(const T *g, const T *x, int64_t nseg, int64_t L, int64_t nch, const double *mu,
+                             const double *act, double *part) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *gq = g + seg * L, *xq = x + seg * L;
+        T aa = (T)act[seg], bb = (T)act[nseg + seg], sl = (T)act[2 * nseg + seg];
+        double m = mu[seg], sg = 0, sd = 0, ss = 0;
+#pragma omp simd reduction(+ : sg, sd, ss)
+        for (int64_t i = lo; i < hi; i++) {
+            T y = xq[i] * aa + bb;
+            T gz = gq[i];
+            bool pos = y > 0;
+            double gy = (double)(pos ? gz : gz * sl);
+            sg += gy;
+            sd += gy * ((double)xq[i] - m);
+            ss += pos ? 0.0 : (double)gz * (double)y;
+        }
+        part[3 * k] = sg;
+        part[3 * k + 1] = sd;
+        part[3 * k + 2] = ss;
+    }
+}
+
+/* dx = gy*p[seg] + (x - mu[seg])*q[seg] + r[seg], gy recomputed as in seg_gsums_act */
+static void S(seg_lin_act)(const T *g, const T *x, T *dx, int64_t nseg, int64_t L, int64_t nch, const double *mu,
+                           const double *act, const double *p, const double *q, const double *r) {
+    int64_t total = nseg * nch;
+    int nt = nn_threads(nseg * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t k = 0; k < total; k++) {
+        int64_t seg = k / nch, ci = k % nch;
+        int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const T *gq = g + seg * L, *xq = x + seg * L;
+        T *o = dx + seg * L;
+        T aa = (T)act[seg], bb = (T)act[nseg + seg], sl = (T)act[2 * nseg + seg];
+        T m = (T)mu[seg], pp = (T)p[seg], qq = (T)q[seg], rr = (T)r[seg];
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
+            T y = xq[i] * aa + bb;
+            T gy = y > 0 ? gq[i] : gq[i] * sl;
+            o[i] = gy * pp + (xq[i] - m) * qq + rr;
+        }
     }
 }
 

@@ -272,7 +272,7 @@ static int f_adaptive_avg_pool3d(lua_State *L) { return adaptive_impl(L, 3); }
 /* ------------------------------------------------------------- normalization */
 static int f_batch_norm(lua_State *L) {
     const char *fname = "batch_norm";
-    static const char *const keys[] = {"weight", "bias", "training", "momentum", "eps", NULL};
+    static const char *const keys[] = {"weight", "bias", "training", "momentum", "eps", "prelu", NULL};
     ml_lua_check_nargs(L, 4, fname);
     ml_tensor *x = ml_lua_check_tensor_fn(L, 1, fname);
     ml_tensor *rm = ml_lua_opt_tensor_fn(L, 2, fname), *rv = ml_lua_opt_tensor_fn(L, 3, fname);
@@ -286,12 +286,14 @@ static int f_batch_norm(lua_State *L) {
     if (!training && !rm) return luaL_error(L, "%s: running_mean and running_var are required when training=false", fname);
     if (!(eps > 0)) return luaL_error(L, "%s: eps must be positive, got %f", fname, eps);
     ml_tensor **slot = ml_lua_newbox(L);
-    return finish(L, fname, ml_batch_norm(slot, x, rm, rv, w, b, training, momentum, eps));
+    ml_tensor *pw = ml_lua_opt_tensorfield(L, 4, "prelu", fname);
+    return finish(L, fname, pw ? ml_batch_norm_prelu(slot, x, rm, rv, w, b, training, momentum, eps, pw)
+                               : ml_batch_norm(slot, x, rm, rv, w, b, training, momentum, eps));
 }
 
 static int f_instance_norm(lua_State *L) {
     const char *fname = "instance_norm";
-    static const char *const keys[] = {"weight", "bias", "eps", NULL};
+    static const char *const keys[] = {"weight", "bias", "eps", "prelu", NULL};
     ml_lua_check_nargs(L, 2, fname);
     ml_tensor *x = ml_lua_check_tensor_fn(L, 1, fname);
     ml_lua_check_opts(L, 2, fname, keys);
@@ -300,12 +302,13 @@ static int f_instance_norm(lua_State *L) {
     if (x->ndim < 3) return luaL_error(L, "%s: expected an input [N, C, spatial...] with at least 3 dims, got %s", fname, ml_shape_str(x->ndim, x->shape));
     if (!(eps > 0)) return luaL_error(L, "%s: eps must be positive, got %f", fname, eps);
     ml_tensor **slot = ml_lua_newbox(L);
-    return finish(L, fname, ml_instance_norm(slot, x, w, b, eps));
+    ml_tensor *pw = ml_lua_opt_tensorfield(L, 2, "prelu", fname);
+    return finish(L, fname, pw ? ml_instance_norm_prelu(slot, x, w, b, eps, pw) : ml_instance_norm(slot, x, w, b, eps));
 }
 
 static int f_group_norm(lua_State *L) {
     const char *fname = "group_norm";
-    static const char *const keys[] = {"weight", "bias", "eps", NULL};
+    static const char *const keys[] = {"weight", "bias", "eps", "prelu", NULL};
     ml_lua_check_nargs(L, 3, fname);
     ml_tensor *x = ml_lua_check_tensor_fn(L, 1, fname);
     int64_t groups = ml_lua_check_int(L, 2, fname, "num_groups");
@@ -318,7 +321,9 @@ static int f_group_norm(lua_State *L) {
                           ml_shape_str(x->ndim, x->shape), (lua_Integer)groups);
     if (!(eps > 0)) return luaL_error(L, "%s: eps must be positive, got %f", fname, eps);
     ml_tensor **slot = ml_lua_newbox(L);
-    return finish(L, fname, ml_group_norm(slot, x, groups, w, b, eps));
+    ml_tensor *pw = ml_lua_opt_tensorfield(L, 3, "prelu", fname);
+    return finish(L, fname, pw ? ml_group_norm_prelu(slot, x, groups, w, b, eps, pw)
+                               : ml_group_norm(slot, x, groups, w, b, eps));
 }
 
 static int f_layer_norm(lua_State *L) {

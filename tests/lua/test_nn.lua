@@ -164,4 +164,64 @@ T.case("100 training steps leave no live tensors behind", function()
   T.eq(m1.cpu, m0.cpu)
 end)
 
+T.case("fused norm + PReLU: gradcheck in float64 and equal to norm then PReLU", function()
+  local gradcheck = require "medlua.gradcheck"
+  local F = medlua.F
+  medlua.manual_seed(7)
+  local function d(...) return medlua.randn(...):double() end
+  for _, npw in ipairs{1, 3} do
+    local x = d(2, 3, 4, 3):requires_grad_()
+    local w, b = (d(3) * 0.5 + 1):requires_grad_(), d(3):requires_grad_()
+    local pw = (medlua.rand(npw):double() * 0.5):requires_grad_()
+    local rm, rv = medlua.zeros(3):double(), medlua.ones(3):double()
+    T.ok(gradcheck(function(x_, w_, b_, p_)
+      return F.batch_norm(x_, rm:clone(), rv:clone(), {weight = w_, bias = b_, training = true, prelu = p_})
+    end, {x, w, b, pw}))
+    T.ok(gradcheck(function(x_, w_, b_, p_)
+      return F.instance_norm(x_, {weight = w_, bias = b_, prelu = p_})
+    end, {x, w, b, pw}))
+    T.ok(gradcheck(function(x_, p_) return F.group_norm(x_, 3, {prelu = p_}) end, {x, pw}))
+    -- eval mode (constant statistics)
+    T.ok(gradcheck(function(x_, p_)
+      return F.batch_norm(x_, rm, rv, {weight = w, bias = b, training = false, prelu = p_})
+    end, {x, pw}))
+    -- same values as the two ops in sequence
+    local y1 = F.batch_norm(x, rm:clone(), rv:clone(), {weight = w, bias = b, training = true, prelu = pw})
+    local y2 = F.prelu(F.batch_norm(x, rm:clone(), rv:clone(), {weight = w, bias = b, training = true}), pw)
+    T.near((y1 - y2):abs():max():item(), 0, 1e-12)
+  end
+  T.raises(function() F.batch_norm(medlua.randn(2, 3, 4), nil, nil, {training = true, prelu = medlua.ones(2)}) end,
+    "prelu weight has shape [2], expected [1] or [3]")
+end)
+
+T.case("nn.ADN fuses a norm followed by PReLU (same output and gradients as unfused)", function()
+  medlua.manual_seed(3)
+  for _, norm in ipairs{"batch", "instance", {"group", {num_groups = 2}}} do
+    local adn = nn.ADN{ordering = "NDA", norm = norm, act = "prelu", dims = 3, channels = 4}
+    adn:train()
+    medlua.no_grad(function() for _, p in ipairs(adn:parameters()) do p:uniform_(-1, 1) end end)
+    local x = medlua.randn(2, 4, 3, 4, 5):requires_grad_()
+    local g = medlua.randn(2, 4, 3, 4, 5)
+    local calls = 0
+    local saved = medlua.F.prelu
+    medlua.F.prelu = function(...) calls = calls + 1 return saved(...) end
+    local y1 = adn(x)
+    T.eq(calls, 0, "fused path must not call F.prelu")
+    y1:backward(g)
+    local gx1 = x.grad:clone()
+    local gp1 = {}
+    for i, p in ipairs(adn:parameters()) do gp1[i] = p.grad:clone() p.grad = nil end
+    x.grad = nil
+    nn.ADN.fuse = false
+    local y2 = adn(x)
+    nn.ADN.fuse = nil
+    medlua.F.prelu = saved
+    T.eq(calls, 1, "unfused path calls F.prelu")
+    y2:backward(g)
+    T.near((y1 - y2):abs():max():item(), 0, 1e-6)
+    T.near((gx1 - x.grad):abs():max():item(), 0, 1e-5)
+    for i, p in ipairs(adn:parameters()) do T.near((gp1[i] - p.grad):abs():max():item(), 0, 1e-4) end
+  end
+end)
+
 T.run()
