@@ -2,6 +2,8 @@
 --   local opt = optim.Adam(model:parameters(), {lr = 1e-3})
 --   opt:zero_grad(); loss:backward(); opt:step()
 -- state_dict()/load_state_dict() give plain tensors + numbers for safetensors checkpoints.
+-- Learning-rate schedulers (StepLR, CosineAnnealingLR, OneCycleLR, ...) live in medlua.sched and are
+-- re-exported here: optim.StepLR(opt, {step_size = 10}).
 local medlua = require "medlua"
 
 local optim = {}
@@ -27,35 +29,77 @@ function Optimizer:zero_grad()
   for _, p in ipairs(self.params) do p.grad = nil end
 end
 
--- state as a flat name -> tensor table (for safetensors) plus scalar hyper-parameters
+-- Hyper-parameters a scheduler may change during training (OneCycleLR cycles momentum / beta1), saved with
+-- the state so that a resumed run continues with the values it had.
+local GROUP_KEYS = {"momentum", "dampening", "weight_decay", "eps", "initial_lr"}
+
+-- State as a flat name -> tensor table (for safetensors): per-parameter buffers "state.<i>.<name>"
+-- (i counts from 0 in parameter order), the per-parameter step "state.<i>.step" (int64), "step_count",
+-- "lr" and the current hyper-parameters "group.<name>" (float64; "group.betas" holds beta1, beta2).
 function Optimizer:state_dict()
   local sd = {}
   for i, p in ipairs(self.params) do
     local st = self.state[p]
     if st then
       for k, v in pairs(st) do
-        if medlua.is_tensor(v) then sd[string.format("state.%d.%s", i - 1, k)] = v end
+        local key = string.format("state.%d.%s", i - 1, k)
+        if medlua.is_tensor(v) then
+          sd[key] = v
+        elseif math.type(v) == "integer" then
+          sd[key] = medlua.tensor({v}, {dtype = "int64"})
+        elseif type(v) == "number" then
+          sd[key] = medlua.tensor({v}, {dtype = "float64"})
+        end
       end
     end
   end
   sd["step_count"] = medlua.tensor({self.step_count}, {dtype = "int64"})
   sd["lr"] = medlua.tensor({self.lr}, {dtype = "float64"})
+  for _, k in ipairs(GROUP_KEYS) do
+    if type(self[k]) == "number" then sd["group." .. k] = medlua.tensor({self[k]}, {dtype = "float64"}) end
+  end
+  if type(self.betas) == "table" then
+    sd["group.betas"] = medlua.tensor({self.betas[1], self.betas[2]}, {dtype = "float64"})
+  end
   return sd
 end
 
+local function scalar(t, key)
+  if t:numel() ~= 1 then error(string.format("load_state_dict: '%s' must hold one number, has %d", key, t:numel()), 3) end
+  return t:item()
+end
+
 function Optimizer:load_state_dict(sd)
+  local has_step = {}
   for i, p in ipairs(self.params) do
     local prefix = string.format("state.%d.", i - 1)
     for k, v in pairs(sd) do
       if k:sub(1, #prefix) == prefix then
+        local name = k:sub(#prefix + 1)
         self.state[p] = self.state[p] or {}
-        self.state[p][k:sub(#prefix + 1)] = v:clone()
+        if name == "step" then
+          self.state[p].step = math.tointeger(scalar(v, k)) or scalar(v, k)
+          has_step[p] = true
+        else
+          self.state[p][name] = v:clone()
+        end
       end
     end
   end
-  if sd.step_count then self.step_count = math.tointeger(sd.step_count:item()) end
-  if sd.lr then self.lr = sd.lr:item() end
-  for _, st in pairs(self.state) do st.step = self.step_count end
+  if sd.step_count then self.step_count = math.tointeger(scalar(sd.step_count, "step_count")) end
+  if sd.lr then self.lr = scalar(sd.lr, "lr") end
+  for _, k in ipairs(GROUP_KEYS) do
+    local t = sd["group." .. k]
+    if t then self[k] = scalar(t, "group." .. k) end
+  end
+  if sd["group.betas"] then
+    local b = sd["group.betas"]:double():tolist()
+    self.betas = {b[1], b[2]}
+  end
+  -- checkpoints without per-parameter steps: every parameter stepped with the optimizer
+  for p, st in pairs(self.state) do
+    if not has_step[p] then st.step = self.step_count end
+  end
 end
 
 -- ------------------------------------------------------------------ SGD
@@ -146,5 +190,8 @@ function optim.clip_grad_norm_(params, max_norm, norm_type)
   end
   return total
 end
+
+-- ------------------------------------------------------------------ schedulers (medlua.sched)
+for k, v in pairs(require "medlua.sched") do optim[k] = v end
 
 return optim

@@ -1,7 +1,7 @@
 /* Volume binding: NIfTI (see ml_nifti.h for the semantics).
  *   _volume.read_nifti(path, {dtype = "float32" | "float64" | "native"}?)  -> Volume
  *   _volume.write_nifti(vol, path, {dtype = "int16" | "uint8" | "float32" | ..., nifti2 = false,
- *                                   compression_level = 6}?)                 -> nothing
+ *                                   compression_level = 1}?)                 -> nothing
  *   _volume.nifti_header(path) -> table of the stored header fields (no voxel data is read)
  * Errors name the file and the reason: "nifti: /x/ct.nii.gz: truncated: ...". */
 #include "volume/ml_nifti.h"
@@ -49,7 +49,7 @@ static int l_write_nifti(lua_State *L) {
                               fn, dt);
     }
     o.nifti2 = ml_lua_opt_bool(L, 3, "nifti2", false, fn);
-    int64_t lvl = ml_lua_opt_intfield(L, 3, "compression_level", 6, fn);
+    int64_t lvl = ml_lua_opt_intfield(L, 3, "compression_level", 1, fn);
     if (lvl < 0 || lvl > 12) return luaL_error(L, "%s: compression_level must be 0..12, got %d", fn, (int)lvl);
     o.compression_level = (int)lvl;
     ml_err e = ml_nifti_write(v, path, &o);
