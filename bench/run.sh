@@ -35,3 +35,12 @@ m=$("$BUILD/medlua" bench/unet_step.lua --threads "$THREADS" "$@"); echo "$m"
 t=$(OMP_NUM_THREADS=$THREADS "$PY" bench/torch_unet_step.py --threads "$THREADS" "$@"); echo "$t"
 echo "ratio step time medlua/monai: $(ratio "$(field step_ms "$m")" "$(field step_ms "$t")")  (goal <= 0.8)"
 echo "ratio peak RSS  medlua/monai: $(ratio "$(field peak_rss_mb "$m")" "$(field peak_rss_mb "$t")")  (goal <= 0.7)"
+
+echo; echo "== volumes: NIfTI load/save vs nibabel"
+bash bench/bench_nifti.sh
+echo; echo "== volumes: DICOM series load vs pydicom and SimpleITK"
+[ -f bench/bench_dicom.sh ] && bash bench/bench_dicom.sh
+echo; echo "== volumes: resample 512x512x300 to 1.5 mm vs SimpleITK"
+bash bench/bench_resample.sh
+echo; echo "== data loading (MONAI-style pipeline, 2 workers) vs MONAI DataLoader"
+bash bench/bench_loader.sh
