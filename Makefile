@@ -19,6 +19,8 @@ DEB_PKGS := libdnnl-dev liblua5.4-dev libcjson-dev libreadline-dev pkg-config \
 OPT := -O3 -march=native -fno-math-errno
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -fopenmp -fPIC -g \
   $(shell pkg-config --cflags lua5.4 2>/dev/null) -I/usr/include/lua5.4 -Imodules
+CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -g -Imodules \
+  $(shell pkg-config --cflags libopenjp2 2>/dev/null)
 ifeq ($(SAN),1)
   CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   CXXFLAGS := $(CXXFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -29,8 +31,6 @@ else
   LDSAN :=
 endif
 CXX ?= g++
-CXXFLAGS_BASE := -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -g -Imodules \
-  $(shell pkg-config --cflags libopenjp2 2>/dev/null)
 DCMTK_LIBS := -ldcmjpls -ldcmjpeg -ldcmimage -ldcmimgle -ldcmdata -loflog -lofstd -ldcmtkcharls -lijg8 -lijg12 -lijg16
 LDLIBS := -lniftiio -lznz $(DCMTK_LIBS) -lopenjp2 -ldeflate -lz -lstdc++ -ldnnl -lcjson $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lreadline -lm -lpthread -fopenmp
 
@@ -100,7 +100,7 @@ FUZZ_TIME ?= 600
 FUZZ_BUILD := build-fuzz
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fopenmp -fsanitize=fuzzer-no-link,address,undefined -Imodules \
   -I/usr/include/lua5.4 $(shell pkg-config --cflags libopenjp2 2>/dev/null)
-FUZZ_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer-no-link,address,undefined -Imodules \
+FUZZ_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr -Imodules \
   $(shell pkg-config --cflags libopenjp2 2>/dev/null)
 FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FUZZ_BUILD)/%)

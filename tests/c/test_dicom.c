@@ -1054,7 +1054,8 @@ ML_TEST(j2k_decoder_direct) {
     ml_dcm_close(f);
 }
 
-/* every corpus file and every crasher of fuzz/fuzz_dicom_series.c through the assembler */
+/* every corpus file and crasher of fuzz/fuzz_dicom_series.c through the assembler, and of
+ * fuzz/fuzz_dicom_file.c through the reader */
 ML_TEST(fuzz_regression) {
     const char *dirs[] = {"fuzz/corpus_dicom_series", "fuzz/crashers_dicom_series"};
     int n = 0;
@@ -1071,6 +1072,22 @@ ML_TEST(fuzz_regression) {
             if (!b) continue;
             ml_fuzz_dicom_series_one(b, len); /* aborts on a broken plan */
             free(b);
+            n++;
+        }
+        closedir(dd);
+    }
+    /* inputs of fuzz/fuzz_dicom_file.c are files: read each (errors are fine, crashes are not) */
+    const char *fdirs[] = {"fuzz/corpus_dicom_file", "fuzz/crashers_dicom_file"};
+    for (int d = 0; d < 2; d++) {
+        DIR *dd = opendir(fdirs[d]);
+        if (!dd) continue;
+        struct dirent *e;
+        char p[1024];
+        while ((e = readdir(dd))) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(p, sizeof p, "%s/%s", fdirs[d], e->d_name);
+            ml_volume *v = NULL;
+            if (ml_dicom_read(&v, p, NULL) == ML_OK) ml_volume_release(v);
             n++;
         }
         closedir(dd);
