@@ -261,4 +261,10 @@ T.case("autograd misuse", function()
   T.raises(function() x:fill_(1) end, "fill_: a leaf tensor that requires grad")
 end)
 
+T.case("DICOM: an 8 KB file declaring a 3 GB element (fuzzer find) is a clean error", function()
+  local ok, err = pcall(medlua._volume.read_dicom, "tests/data/dicom/bad/huge_element_length.dcm")
+  T.ok(not ok)
+  T.ok(tostring(err):find("huge_element_length.dcm", 1, true) and tostring(err):find("cannot parse", 1, true), err)
+end)
+
 T.run()
