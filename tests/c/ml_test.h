@@ -237,4 +237,36 @@ static inline ml_tensor *ml_t_randn(int ndim, const int64_t *shape, bool require
     return t;
 }
 
+
+/* ---- files (tests that write into temporary directories) */
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static inline bool exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* rm -rf dir (a plain file is unlinked) */
+static inline void rm_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        unlink(dir);
+        return;
+    }
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        int n = snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (n < 0 || n >= (int)sizeof p) continue;
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_tree(p);
+        else unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
 #endif
