@@ -75,14 +75,17 @@ static int l_reorient(lua_State *L) {
     return push_result(L);
 }
 
-static int l_to_ras(lua_State *L) {
-    ml_volume *v = ml_lua_check_volume(L, 1, "Volume:to_ras");
-    ml_lua_check_nargs(L, 1, "Volume:to_ras");
+/* Volume:name() for ops that take only the volume. errname is what ops_error names. */
+static int unary_op(lua_State *L, const char *fn, const char *errname, ml_err (*op)(ml_volume **, ml_volume *)) {
+    ml_volume *v = ml_lua_check_volume(L, 1, fn);
+    ml_lua_check_nargs(L, 1, fn);
     ml_volume **slot = ml_lua_newvolbox(L);
-    ml_err e = ml_volume_to_ras(slot, v);
-    if (e) return ops_error(L, "reorient", e);
+    ml_err e = op(slot, v);
+    if (e) return ops_error(L, errname, e);
     return push_result(L);
 }
+
+static int l_to_ras(lua_State *L) { return unary_op(L, "Volume:to_ras", "reorient", ml_volume_to_ras); }
 
 /* ---------------------------------------------------------------- resampling */
 static void read_resample_opts(lua_State *L, int idx, const char *fname, ml_resample_opts *o) {
@@ -255,23 +258,9 @@ static int l_flip(lua_State *L) {
     return push_result(L);
 }
 
-static int l_mirror_lr(lua_State *L) {
-    ml_volume *v = ml_lua_check_volume(L, 1, "Volume:mirror_lr");
-    ml_lua_check_nargs(L, 1, "Volume:mirror_lr");
-    ml_volume **slot = ml_lua_newvolbox(L);
-    ml_err e = ml_volume_mirror_lr(slot, v);
-    if (e) return ops_error(L, "mirror_lr", e);
-    return push_result(L);
-}
+static int l_mirror_lr(lua_State *L) { return unary_op(L, "Volume:mirror_lr", "mirror_lr", ml_volume_mirror_lr); }
 
-static int l_center(lua_State *L) {
-    ml_volume *v = ml_lua_check_volume(L, 1, "Volume:center");
-    ml_lua_check_nargs(L, 1, "Volume:center");
-    ml_volume **slot = ml_lua_newvolbox(L);
-    ml_err e = ml_volume_center(slot, v);
-    if (e) return ops_error(L, "center", e);
-    return push_result(L);
-}
+static int l_center(lua_State *L) { return unary_op(L, "Volume:center", "center", ml_volume_center); }
 
 /* ----------------------------------------------------------------- intensity */
 static int l_window(lua_State *L) {
@@ -294,14 +283,7 @@ static int l_window(lua_State *L) {
     return push_result(L);
 }
 
-static int l_minmax(lua_State *L) {
-    ml_volume *v = ml_lua_check_volume(L, 1, "Volume:minmax");
-    ml_lua_check_nargs(L, 1, "Volume:minmax");
-    ml_volume **slot = ml_lua_newvolbox(L);
-    ml_err e = ml_volume_minmax(slot, v);
-    if (e) return ops_error(L, "minmax", e);
-    return push_result(L);
-}
+static int l_minmax(lua_State *L) { return unary_op(L, "Volume:minmax", "minmax", ml_volume_minmax); }
 
 /* opts.mask: a volume on v's grid or a tensor of v's spatial shape; NULL when absent */
 static ml_tensor *opt_mask(lua_State *L, int idx, const char *fn, const char *op, ml_volume *v) {
