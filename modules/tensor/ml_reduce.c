@@ -1090,6 +1090,26 @@ ml_err ml_sum_to(ml_tensor **out, ml_tensor *g, int ndim, const int64_t *shape) 
 ML_DEF_SELECT(select_f32, float)
 ML_DEF_SELECT(select_f64, double)
 
+/* Interpolation between order statistics lo (k-th) and hi ((k+1)-th) as numpy's/torch's lerp. */
+static double quantile_lerp(double lo, double hi, double t) {
+    double d = hi - lo;
+    return t >= 0.5 ? hi - d * (1 - t) : lo + d * t;
+}
+
+double ml_select_quantile_f32(float *a, int64_t n, double q) {
+    double pos = q * (double)(n - 1);
+    int64_t k = (int64_t)floor(pos);
+    if (k < 0) k = 0;
+    if (k > n - 1) k = n - 1;
+    double t = pos - (double)k;
+    select_f32(a, 0, n - 1, k);
+    double lo = a[k];
+    if (k + 1 >= n || t == 0) return lo;
+    float hi = a[k + 1]; /* the (k+1)-th smallest: the minimum right of k after the selection */
+    for (int64_t i = k + 2; i < n; i++) hi = a[i] < hi ? a[i] : hi;
+    return quantile_lerp(lo, hi, t);
+}
+
 static int cmp_dbl(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -1143,7 +1163,7 @@ ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q) {
                 x1 = v[k + 1];
                 for (int64_t i = k + 2; i < n; i++) x1 = v[i] < x1 ? v[i] : x1;
             }
-            r[(int)order[t][1]] = x0 + fr * (x1 - x0);
+            r[(int)order[t][1]] = fr > 0 ? quantile_lerp(x0, x1, fr) : x0;
             lo = k;
         }
     } else {
@@ -1160,7 +1180,7 @@ ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q) {
                 for (int64_t i = k + 2; i < n; i++) m = v[i] < m ? v[i] : m;
                 x1 = m;
             }
-            r[(int)order[t][1]] = x0 + fr * (x1 - x0);
+            r[(int)order[t][1]] = fr > 0 ? quantile_lerp(x0, x1, fr) : x0;
             lo = k;
         }
     }

@@ -271,6 +271,8 @@ ml_err ml_cumsum(ml_tensor **out, ml_tensor *a, int dim);
 /* Quantiles of all elements (flattened), linear interpolation between order statistics as
  * torch.quantile's default; q in [0, 1]. Result: 1-D float64 [nq]. Not recorded. */
 ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q);
+/* The q-quantile (q in [0, 1]) of a[0..n), n >= 1, same interpolation; reorders a (selection, O(n)). */
+double ml_select_quantile_f32(float *a, int64_t n, double q);
 /* Sum `grad` down to `shape` (un-broadcast). Returns retained grad if already that shape. */
 ml_err ml_sum_to(ml_tensor **out, ml_tensor *grad, int ndim, const int64_t *shape);
 

@@ -650,52 +650,6 @@ ml_err ml_volume_minmax(ml_volume **out, ml_volume *v) {
     NOGRAD(minmax_impl(out, v));
 }
 
-/* ---- k-th smallest of a float array (reorders it; Hoare partition, median of three) */
-static float select_kth(float *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    while (hi > lo) {
-        int64_t mid = lo + (hi - lo) / 2;
-        /* median of three to a[mid] */
-        if (a[mid] < a[lo]) { float t = a[mid]; a[mid] = a[lo]; a[lo] = t; }
-        if (a[hi] < a[lo]) { float t = a[hi]; a[hi] = a[lo]; a[lo] = t; }
-        if (a[hi] < a[mid]) { float t = a[hi]; a[hi] = a[mid]; a[mid] = t; }
-        float p = a[mid];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < p) i++;
-            while (a[j] > p) j--;
-            if (i <= j) {
-                float t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return a[k];
-    }
-    return a[k];
-}
-
-/* numpy.percentile(method="linear") of a (n >= 1), q in [0, 100]; a is reordered */
-static double percentile_sorted_sel(float *a, int64_t n, double q) {
-    double pos = (double)(n - 1) * q / 100.0;
-    int64_t k = (int64_t)floor(pos);
-    if (k < 0) k = 0;
-    if (k > n - 1) k = n - 1;
-    double t = pos - (double)k;
-    double lo = select_kth(a, n, k);
-    if (k + 1 >= n || t == 0) return lo;
-    /* (k+1)-th smallest = min of a[k+1..n) after the selection */
-    float hi = a[k + 1];
-    for (int64_t i = k + 2; i < n; i++)
-        if (a[i] < hi) hi = a[i];
-    double d = (double)hi - lo;
-    return t >= 0.5 ? (double)hi - d * (1 - t) : lo + d * t; /* numpy's _lerp */
-}
-
 static ml_err normalize_impl(ml_volume **out, ml_volume *v, bool clip, double lower, double upper, ml_tensor *mask,
                              const char *op) {
     if (clip && (!(lower >= 0) || !(upper <= 100) || !(lower <= upper)))
@@ -727,8 +681,8 @@ static ml_err normalize_impl(ml_volume **out, ml_volume *v, bool clip, double lo
                 if (mk[i]) sel[j++] = x[i];
         } else
             memcpy(sel, x, (size_t)n * sizeof(float));
-        double plo = percentile_sorted_sel(sel, mo.n, lower);
-        double phi = percentile_sorted_sel(sel, mo.n, upper);
+        double plo = ml_select_quantile_f32(sel, mo.n, (lower) / 100.0);
+        double phi = ml_select_quantile_f32(sel, mo.n, (upper) / 100.0);
         free(sel);
         affine_clamp(x, n, 0, 1, plo, phi);
         mo = masked_moments(x, mk, n, 0);
