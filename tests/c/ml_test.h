@@ -127,6 +127,78 @@ static inline double ml_t_reldiff(const ml_tensor *a, const ml_tensor *b) {
     return ml_t_maxdiff(a, b) / (m > 1e-12 ? m : 1.0);
 }
 
+/* a copy of t as dtype dt (requires_grad as rg) */
+static inline ml_tensor *ml_t_cast(ml_tensor *t, ml_dtype dt, bool rg) {
+    if (!t) return NULL;
+    ml_tensor *c = NULL;
+    if (ml_tensor_empty(&c, dt, t->ndim, t->shape) || ml_copy_(c, t)) { ml_tensor_release(c); return NULL; }
+    if (rg) ml_set_requires_grad(c, true);
+    return c;
+}
+
+/* Generic f32-vs-f64 comparison: fn(out, in) on f64 inputs and on f32 copies, then backward with
+ * the same cotangent; compares the output and every input gradient. */
+typedef ml_err (*ml_t_fn)(ml_tensor **out, ml_tensor **in, void *ud);
+
+static inline void ml_t_agree(const char *what, ml_t_fn fn, int nin, ml_tensor **in64, void *ud, double tol) {
+    ml_tensor *in32[8] = {0}, *y64 = NULL, *y32 = NULL, *r64 = NULL, *r32 = NULL;
+    for (int i = 0; i < nin; i++) {
+        if (!in64[i]) continue;
+        in32[i] = ml_t_cast(in64[i], ML_F32, in64[i]->requires_grad);
+        ml_copy_(in64[i], in32[i]); /* identical (f32-representable) data */
+    }
+    ML_CHECK_OK(fn(&y64, in64, ud));
+    ML_CHECK_OK(fn(&y32, in32, ud));
+    if (y64 && y32) {
+        ml_randn(&r64, ML_F64, y64->ndim, y64->shape);
+        r32 = ml_t_cast(r64, ML_F32, false);
+        ml_copy_(r64, r32);
+        /* Error scales: fn on |inputs| and its gradients for the cotangent |r| (f64). A sum of
+         * products that cancels (a dot product near 0) has a tiny |y| but an f32 rounding error of
+         * order eps * sum |a||b|; measured against max |y| alone, such a case failed at random. */
+        ml_tensor *ab[8] = {0}, *ys = NULL, *rs = NULL;
+        double yscale = ml_t_maxabs(y64), gscale[8] = {0};
+        for (int i = 0; i < nin; i++) {
+            if (!in64[i]) continue;
+            ml_tensor *t = NULL;
+            ML_CHECK_OK(ml_unary(&t, ML_ABS, in64[i]));
+            ab[i] = ml_t_cast(t, ML_F64, in64[i]->requires_grad);
+            ml_tensor_release(t);
+        }
+        ML_CHECK_OK(ml_unary(&rs, ML_ABS, r64));
+        if (fn(&ys, ab, ud) == ML_OK && ys) {
+            double m = ml_t_maxabs(ys);
+            if (m > yscale) yscale = m;
+            if (ml_backward(ys, rs, false) == ML_OK)
+                for (int i = 0; i < nin; i++)
+                    if (ab[i] && ab[i]->grad) gscale[i] = ml_t_maxabs(ab[i]->grad);
+        }
+        for (int i = 0; i < nin; i++) ml_tensor_release(ab[i]); /* frees its .grad too */
+        ml_tensor_release(ys);
+        ml_tensor_release(rs);
+
+        double e = ml_t_maxdiff(y32, y64) / (yscale > 1e-12 ? yscale : 1.0);
+        if (!(e <= tol)) ML_FAIL_("%s: forward rel err %g", what, e);
+        ML_CHECK_OK(ml_backward(y64, r64, false));
+        ML_CHECK_OK(ml_backward(y32, r32, false));
+        for (int i = 0; i < nin; i++) {
+            if (!in64[i] || !in64[i]->requires_grad) continue;
+            double gs = ml_t_maxabs(in64[i]->grad);
+            if (gscale[i] > gs) gs = gscale[i];
+            double eg = in32[i]->grad ? ml_t_maxdiff(in32[i]->grad, in64[i]->grad) / (gs > 1e-12 ? gs : 1.0) : INFINITY;
+            if (!(eg <= tol)) ML_FAIL_("%s: input %d grad rel err %g", what, i, eg);
+        }
+    }
+    for (int i = 0; i < nin; i++) {
+        ml_tensor_release(in32[i]);
+        if (in64[i]) { ml_tensor_release(in64[i]->grad); in64[i]->grad = NULL; }
+    }
+    ml_tensor_release(y64);
+    ml_tensor_release(y32);
+    ml_tensor_release(r64);
+    ml_tensor_release(r32);
+}
+
 /* the call returned `want` and the message mentions need1 and need2 (either may be NULL) */
 static inline void ml_t_expect_err(ml_err got, ml_err want, const char *need1, const char *need2, const char *what) {
     if (got != want) {

@@ -28,18 +28,6 @@ static ml_tensor *mk_data(int nd, const int64_t *shape, double a, double b, doub
     return t;
 }
 
-static ml_tensor *cast(ml_tensor *t, ml_dtype dt, bool rg) {
-    if (!t) return NULL;
-    ml_tensor *c = NULL;
-    if (ml_tensor_empty(&c, dt, t->ndim, t->shape) || ml_copy_(c, t)) { ml_tensor_release(c); return NULL; }
-    if (rg) ml_set_requires_grad(c, true);
-    return c;
-}
-
-
-
-
-
 /* ------------------------------------------------------------ cases */
 typedef struct {
     ml_conv_params p;
@@ -140,32 +128,10 @@ ML_TEST(conv_transpose3d_gradcheck) { gradcheck_conv(3, true); }
 static void agree_case(const conv_case *c, double tol) {
     int k = c->p.k;
     int64_t nb = bias_len(c);
-    ml_tensor *x64 = ml_t_randn(k + 2, c->xs, true), *w64 = ml_t_randn(k + 2, c->ws, true);
-    ml_tensor *b64 = c->bias ? ml_t_randn(1, &nb, true) : NULL;
-    ml_tensor *x32 = cast(x64, ML_F32, true), *w32 = cast(w64, ML_F32, true), *b32 = cast(b64, ML_F32, true);
-    /* round the f64 inputs to f32 values so both see identical data */
-    ml_copy_(x64, x32);
-    ml_copy_(w64, w32);
-    if (b64) ml_copy_(b64, b32);
-    ml_tensor *y64 = NULL, *y32 = NULL, *r64 = NULL, *r32 = NULL;
-    ML_CHECK_OK(run_conv(&y64, x64, w64, b64, c));
-    ML_CHECK_OK(run_conv(&y32, x32, w32, b32, c));
-    if (y64 && y32) {
-        double e = ml_t_reldiff(y32, y64);
-        if (!(e <= tol)) ML_FAIL_("forward rel err %g: %s", e, case_str(c));
-        ml_randn(&r64, ML_F64, y64->ndim, y64->shape);
-        r32 = cast(r64, ML_F32, false);
-        ml_copy_(r64, r32);
-        ML_CHECK_OK(ml_backward(y64, r64, false));
-        ML_CHECK_OK(ml_backward(y32, r32, false));
-        double ex = ml_t_reldiff(x32->grad, x64->grad), ew = ml_t_reldiff(w32->grad, w64->grad);
-        double eb = b64 ? ml_t_reldiff(b32->grad, b64->grad) : 0;
-        if (!(ex <= tol)) ML_FAIL_("input grad rel err %g: %s", ex, case_str(c));
-        if (!(ew <= tol)) ML_FAIL_("weight grad rel err %g: %s", ew, case_str(c));
-        if (!(eb <= tol)) ML_FAIL_("bias grad rel err %g: %s", eb, case_str(c));
-    }
-    ml_tensor *ts[] = {x64, w64, b64, x32, w32, b32, y64, y32, r64, r32};
-    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
+    ml_tensor *in[3] = {ml_t_randn(k + 2, c->xs, true), ml_t_randn(k + 2, c->ws, true),
+                        c->bias ? ml_t_randn(1, &nb, true) : NULL};
+    ml_t_agree(case_str(c), f_conv, 3, in, (void *)c, tol);
+    for (int i = 0; i < 3; i++) ml_tensor_release(in[i]);
 }
 
 static void agree_conv(int k, bool tr) {
@@ -273,7 +239,7 @@ ML_TEST(conv_grad_dtype_mismatch) {
     ML_CHECK_OK(ml_conv(&y, x, w, NULL, &p));
     if (y) {
         ml_randn(&g, ML_F64, 3, y->shape);
-        g32 = cast(g, ML_F32, false);
+        g32 = ml_t_cast(g, ML_F32, false);
         ML_CHECK_OK(ml_backward(y, g, true));
         ml_tensor *g1 = x->grad;
         x->grad = NULL;
@@ -333,7 +299,7 @@ ML_TEST(conv_pytorch_reference) {
                 ml_tensor_empty(&b0, ML_F64, 1, &nb);
                 for (int64_t i = 0; i < nb; i++) ((double *)ml_tensor_data(b0))[i] = 0.1 * (double)i - 0.2;
             }
-            ml_tensor *x = cast(x0, t, true), *w = cast(w0, t, true), *b = cast(b0, t, true), *y = NULL, *r = NULL;
+            ml_tensor *x = ml_t_cast(x0, t, true), *w = ml_t_cast(w0, t, true), *b = ml_t_cast(b0, t, true), *y = NULL, *r = NULL;
             ML_CHECK_OK(run_conv(&y, x, w, b, &c));
             if (y) {
                 bool shape_ok = y->ndim == R->xnd;

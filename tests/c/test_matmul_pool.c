@@ -18,13 +18,6 @@ static int rnd(int n) {
 }
 
 /* ------------------------------------------------------------ helpers */
-static ml_tensor *cast(ml_tensor *t, ml_dtype dt, bool rg) {
-    if (!t) return NULL;
-    ml_tensor *c = NULL;
-    if (ml_tensor_empty(&c, dt, t->ndim, t->shape) || ml_copy_(c, t)) { ml_tensor_release(c); return NULL; }
-    if (rg) ml_set_requires_grad(c, true);
-    return c;
-}
 
 static ml_tensor *mk_data(int nd, const int64_t *shape, double a, double b) {
     ml_tensor *t = NULL;
@@ -49,74 +42,6 @@ static ml_tensor *mk_distinct(int nd, const int64_t *shape, bool rg) {
     }
     if (rg) ml_set_requires_grad(t, true);
     return t;
-}
-
-
-
-
-
-
-/* Generic f32-vs-f64 comparison: fn(out, in) on f64 inputs and on f32 copies, then backward with
- * the same cotangent; compares the output and every input gradient. */
-typedef ml_err (*fn_t)(ml_tensor **out, ml_tensor **in, void *ud);
-
-static void agree(const char *what, fn_t fn, int nin, ml_tensor **in64, void *ud, double tol) {
-    ml_tensor *in32[8] = {0}, *y64 = NULL, *y32 = NULL, *r64 = NULL, *r32 = NULL;
-    for (int i = 0; i < nin; i++) {
-        if (!in64[i]) continue;
-        in32[i] = cast(in64[i], ML_F32, in64[i]->requires_grad);
-        ml_copy_(in64[i], in32[i]); /* identical (f32-representable) data */
-    }
-    ML_CHECK_OK(fn(&y64, in64, ud));
-    ML_CHECK_OK(fn(&y32, in32, ud));
-    if (y64 && y32) {
-        ml_randn(&r64, ML_F64, y64->ndim, y64->shape);
-        r32 = cast(r64, ML_F32, false);
-        ml_copy_(r64, r32);
-        /* Error scales: fn on |inputs| and its gradients for the cotangent |r| (f64). A sum of
-         * products that cancels (a dot product near 0) has a tiny |y| but an f32 rounding error of
-         * order eps * sum |a||b|; measured against max |y| alone, such a case failed at random. */
-        ml_tensor *ab[8] = {0}, *ys = NULL, *rs = NULL;
-        double yscale = ml_t_maxabs(y64), gscale[8] = {0};
-        for (int i = 0; i < nin; i++) {
-            if (!in64[i]) continue;
-            ml_tensor *t = NULL;
-            ML_CHECK_OK(ml_unary(&t, ML_ABS, in64[i]));
-            ab[i] = cast(t, ML_F64, in64[i]->requires_grad);
-            ml_tensor_release(t);
-        }
-        ML_CHECK_OK(ml_unary(&rs, ML_ABS, r64));
-        if (fn(&ys, ab, ud) == ML_OK && ys) {
-            double m = ml_t_maxabs(ys);
-            if (m > yscale) yscale = m;
-            if (ml_backward(ys, rs, false) == ML_OK)
-                for (int i = 0; i < nin; i++)
-                    if (ab[i] && ab[i]->grad) gscale[i] = ml_t_maxabs(ab[i]->grad);
-        }
-        for (int i = 0; i < nin; i++) ml_tensor_release(ab[i]); /* frees its .grad too */
-        ml_tensor_release(ys);
-        ml_tensor_release(rs);
-
-        double e = ml_t_maxdiff(y32, y64) / (yscale > 1e-12 ? yscale : 1.0);
-        if (!(e <= tol)) ML_FAIL_("%s: forward rel err %g", what, e);
-        ML_CHECK_OK(ml_backward(y64, r64, false));
-        ML_CHECK_OK(ml_backward(y32, r32, false));
-        for (int i = 0; i < nin; i++) {
-            if (!in64[i] || !in64[i]->requires_grad) continue;
-            double gs = ml_t_maxabs(in64[i]->grad);
-            if (gscale[i] > gs) gs = gscale[i];
-            double eg = in32[i]->grad ? ml_t_maxdiff(in32[i]->grad, in64[i]->grad) / (gs > 1e-12 ? gs : 1.0) : INFINITY;
-            if (!(eg <= tol)) ML_FAIL_("%s: input %d grad rel err %g", what, i, eg);
-        }
-    }
-    for (int i = 0; i < nin; i++) {
-        ml_tensor_release(in32[i]);
-        if (in64[i]) { ml_tensor_release(in64[i]->grad); in64[i]->grad = NULL; }
-    }
-    ml_tensor_release(y64);
-    ml_tensor_release(y32);
-    ml_tensor_release(r64);
-    ml_tensor_release(r32);
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -207,12 +132,12 @@ ML_TEST(matmul_f32_vs_f64) {
         char what[128];
         snprintf(what, sizeof what, "matmul %s x %s (t %d %d e %d)", ml_shape_str(c.na, c.a), ml_shape_str(c.nb, c.b),
                  c.ta, c.tb, c.ea);
-        agree(what, f_matmul, 2, in, &c, 1e-5);
+        ml_t_agree(what, f_matmul, 2, in, &c, 1e-5);
         ml_tensor_release(in[0]);
         ml_tensor_release(in[1]);
     }
     ml_tensor *in[2] = {ml_t_randn(3, (int64_t[]){4, 37, 50}, true), ml_t_randn(3, (int64_t[]){4, 50, 29}, true)};
-    agree("bmm", f_bmm, 2, in, NULL, 1e-5);
+    ml_t_agree("bmm", f_bmm, 2, in, NULL, 1e-5);
     ml_tensor_release(in[0]);
     ml_tensor_release(in[1]);
 }
@@ -247,7 +172,7 @@ ML_TEST(matmul_fuzz) {
             snprintf(what, sizeof what, "matmul %s x %s (t %d %d)", ml_shape_str(c.na, c.a), ml_shape_str(c.nb, c.b), c.ta,
                      c.tb);
             if (!big) ml_gradcheck(what, f_matmul, 2, in, &c, 1e-6, 1e-7, 1e-6);
-            agree(what, f_matmul, 2, in, &c, 1e-5);
+            ml_t_agree(what, f_matmul, 2, in, &c, 1e-5);
             ml_tensor_release(in[0]);
             ml_tensor_release(in[1]);
         }
@@ -341,7 +266,7 @@ ML_TEST(linear_gradcheck_and_f32) {
             snprintf(what, sizeof what, "linear x%s w%s bias %d t %d", ml_shape_str(c.nx, c.x), ml_shape_str(2, ws),
                      c.bias, c.tx);
             if (!big) ml_gradcheck(what, f_linear, 3, in, &c, 1e-6, 1e-7, 1e-6);
-            else agree(what, f_linear, 3, in, &c, 1e-5);
+            else ml_t_agree(what, f_linear, 3, in, &c, 1e-5);
             for (int j = 0; j < 3; j++) ml_tensor_release(in[j]);
         }
     }
@@ -459,7 +384,7 @@ static void agree_pool(int k) {
             int64_t xs[5];
             make_pool(&c, k, v, big, xs);
             ml_tensor *in[1] = {mk_distinct(k + 2, xs, true)};
-            agree(pool_str(&c, xs), f_pool, 1, in, &c, 1e-5);
+            ml_t_agree(pool_str(&c, xs), f_pool, 1, in, &c, 1e-5);
             ml_tensor_release(in[0]);
         }
     }
@@ -518,7 +443,7 @@ ML_TEST(pool_fuzz) {
         done++;
         ml_tensor *in[1] = {mk_distinct(k + 2, xs, true)};
         ml_gradcheck(pool_str(&c, xs), f_pool, 1, in, &c, 1e-6, 1e-7, 1e-6);
-        agree(pool_str(&c, xs), f_pool, 1, in, &c, 1e-5);
+        ml_t_agree(pool_str(&c, xs), f_pool, 1, in, &c, 1e-5);
         ml_tensor_release(in[0]);
     }
     ML_CHECK(done >= 30);
@@ -569,7 +494,7 @@ ML_TEST(pool_pytorch_reference) {
         for (int dt = 0; dt < 2; dt++) {
             ml_dtype t = dt ? ML_F32 : ML_F64;
             double tol = dt ? 1e-4 : 1e-10;
-            ml_tensor *x0 = mk_data(R->xnd, R->xs, 0.37, 0.11), *x = cast(x0, t, true), *y = NULL, *r = NULL;
+            ml_tensor *x0 = mk_data(R->xnd, R->xs, 0.37, 0.11), *x = ml_t_cast(x0, t, true), *y = NULL, *r = NULL;
             ML_CHECK_OK(run_pool(&y, x, &c));
             if (y) {
                 bool ok = y->ndim == R->xnd;
