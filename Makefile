@@ -14,7 +14,8 @@ ifeq ($(SAN),1)
 endif
 
 DEB_PKGS := libdnnl-dev liblua5.4-dev libcjson-dev libreadline-dev pkg-config \
-  libnifti2-dev libdcmtk-dev libopenjp2-7-dev libstb-dev libdeflate-dev zlib1g-dev
+  libnifti2-dev libdcmtk-dev libopenjp2-7-dev libstb-dev libdeflate-dev zlib1g-dev \
+  python3-nibabel python3-pydicom dcm2niix
 
 OPT := -O3 -march=native -fno-math-errno
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -fopenmp -fPIC -g \
