@@ -8,7 +8,7 @@ THREADS=${THREADS:-$(nproc)}
 PY=bench/venv/bin/python
 if [ ! -x "$PY" ] || ! "$PY" -c "import torch, monai" 2>/dev/null; then
   echo "setting up bench/venv (PyPI torch + monai; large download, once)"
-  /usr/bin/python3 -m venv bench/venv && "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q torch monai numpy || {
+  /usr/bin/python3 -m venv bench/venv && "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q torch monai numpy nibabel SimpleITK pydicom scipy pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg || {
     echo "bench: could not install torch/monai from PyPI"; exit 1; }
 fi
 mkdir -p "$BUILD/bench"
