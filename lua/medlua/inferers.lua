@@ -11,9 +11,15 @@
 -- axis is shifted back to end at the border; windows are batched sw_batch_size at a time; each window's
 -- output is weighted by an importance map -- "constant" (ones) or "gaussian" (a separable Gaussian
 -- centred on the window with sigma = sigma_scale * roi, clamped below at max(min, 1e-3)) -- and the sum
--- is divided by the summed weights.
+-- is divided by the summed weights. The windows of all batch items form one list (item-major) cut into
+-- predictor batches, so one batch may hold windows of two items (as MONAI). The result is float64 for a
+-- float64 input, else float32 (MONAI keeps the input's dtype). A roi_size value <= 0 takes the image's
+-- size on that dim (MONAI's fall_back_tuple). The predictor must keep the ROI's spatial size (MONAI's
+-- zoomed outputs and tuple/dict outputs are not supported).
+-- Checked against MONAI 1.6.1 by tests/lua/test_inferers.lua (golden file tests/ref/inferers_ref.safetensors).
 --
--- Options: overlap (0.25), mode ("constant"), sigma_scale (0.125), padding_mode ("constant"), cval (0),
+-- Options: overlap (0.25; or one per spatial dim), mode ("constant"), sigma_scale (0.125; or one per spatial
+-- dim), padding_mode ("constant"), cval (0),
 -- activation (nil | "softmax" | "sigmoid": applied to each window's output before blending, which is what
 -- test-time augmentation averages), tta_flips (false | true = flip every spatial axis | a list of lists of
 -- spatial axes (0-based), e.g. {{0}, {1}, {0, 1}}): the prediction is the mean over the identity and the
@@ -24,7 +30,16 @@ local F = medlua.F
 
 local M = {}
 
-local function fail(fmt, ...) error("sliding_window_inference: " .. string.format(fmt, ...), 3) end
+-- raise an error located at the first caller outside this file
+local function fail(fmt, ...)
+  local here, level = debug.getinfo(1, "S").source, 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info or info.source ~= here then break end
+    level = level + 1
+  end
+  error("sliding_window_inference: " .. string.format(fmt, ...), level)
+end
 
 local function shape_str(s) return "[" .. table.concat(s, ", ") .. "]" end
 
@@ -38,21 +53,24 @@ function M.flip(x, dims)
   return y
 end
 
--- MONAI's scan interval per spatial dim
+-- MONAI's scan interval per spatial dim (overlap: a number or one per spatial dim)
 local function scan_interval(img, roi, overlap)
   local out = {}
   for i = 1, #img do
     if roi[i] == img[i] then
       out[i] = roi[i]
     else
-      local iv = math.floor(roi[i] * (1 - overlap))
+      local ov = type(overlap) == "table" and overlap[i] or overlap
+      local iv = math.floor(roi[i] * (1 - ov))
       out[i] = iv > 0 and iv or 1
     end
   end
   return out
 end
 
--- window start positions per dim (MONAI dense_patch_slices), then all windows in "ij" order
+--- inferers.window_starts(image_size, roi, overlap) -> {{s1, s2, ...}, ...}: the 0-based start of every
+--- window (MONAI's _get_scan_interval + dense_patch_slices on an image at least as large as the ROI),
+--- the last spatial dim varying fastest ("ij" order)
 function M.window_starts(img, roi, overlap)
   local iv = scan_interval(img, roi, overlap)
   local per_dim = {}
@@ -108,20 +126,25 @@ function M.importance_map(roi, mode, sigma_scale)
   return w:clamp(mn, nil):float()
 end
 
-local function as_roi(roi, nsp)
+-- roi_size: an integer or a list of one integer per spatial dim; as MONAI's fall_back_tuple, a value
+-- <= 0 takes the image's size on that dim
+local function as_roi(roi, x)
+  local nsp = x:dim() - 2
   if math.type(roi) == "integer" then
     local r = {}
     for i = 1, nsp do r[i] = roi end
-    return r
+    roi = r
   end
   if type(roi) ~= "table" or #roi ~= nsp then
-    fail("roi_size must be an integer or a list of %d integers", nsp)
+    local got = type(roi) == "table" and string.format("%d values", #roi) or tostring(roi)
+    fail("roi_size must be an integer or a list of %d integers for input %s (%d spatial dims), got %s", nsp,
+      shape_str(x:size()), nsp, got)
   end
   local r = {}
   for i = 1, nsp do
     local v = roi[i]
-    if math.type(v) ~= "integer" or v < 1 then fail("roi_size[%d] must be a positive integer, got %s", i, tostring(v)) end
-    r[i] = v
+    if math.type(v) ~= "integer" then fail("roi_size[%d] must be an integer, got %s", i, tostring(v)) end
+    r[i] = v > 0 and v or x:size(i + 1)
   end
   return r
 end
@@ -139,7 +162,10 @@ local function activate(y, act)
   fail("activation must be nil, \"softmax\" or \"sigmoid\", got %s", tostring(act))
 end
 
--- one pass (no TTA): blend the windows of x
+-- one pass (no TTA): blend the windows of x. As MONAI, the windows of all batch items form one list
+-- (item-major) that is cut into predictor batches of sw_batch_size, so a batch may hold windows of two
+-- items; the output and the summed weights are in the compute dtype (float64 for float64 input, else
+-- float32; MONAI keeps the input's dtype).
 local function one_pass(x, roi, sw, pred, o, wmap, report)
   local sp = x:size()
   local nsp = #sp - 2
@@ -163,57 +189,67 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
   local psz = {}
   for i = 1, nsp do psz[i] = xp:size(i + 1) end
   local starts = M.window_starts(psz, roi, o.overlap or 0.25)
-  local out, count
-  local wexp = wmap:view(1, 1, table.unpack(roi))
+  local dtype = (x.dtype == "float64") and "float64" or "float32"
+  local wexp = wmap:view(1, 1, table.unpack(roi)):to(dtype)
   local nwin = #starts
-  for b = 0, B - 1 do
-    local xb = xp:narrow(0, b, 1)
-    local k = 1
-    while k <= nwin do
-      local n = math.min(sw, nwin - k + 1)
-      local parts = {}
-      for j = 0, n - 1 do
-        local st = starts[k + j]
-        local v = xb
-        for i = 1, nsp do v = v:narrow(i + 1, st[i], roi[i]) end
-        parts[#parts + 1] = v
-      end
-      local batch = (#parts == 1) and parts[1]:contiguous() or medlua.cat(parts, 0)
-      local y = call(pred, batch)
-      if not medlua.is_tensor(y) then fail("the predictor must return a tensor, got %s", type(y)) end
-      local ys = y:size()
-      if #ys ~= nsp + 2 or ys[1] ~= n then
-        fail("the predictor returned %s for a window batch %s", shape_str(ys), shape_str(batch:size()))
-      end
-      for i = 1, nsp do
-        if ys[i + 2] ~= roi[i] then
-          fail("the predictor returned %s for windows %s: its spatial size must equal the ROI", shape_str(ys),
-            shape_str(batch:size()))
-        end
-      end
-      y = activate(y, o.activation)
-      if not out then
-        local osz = {B, ys[2]}
-        for i = 1, nsp do osz[i + 2] = psz[i] end
-        out = medlua.zeros(osz)
-        local csz = {1, 1}
-        for i = 1, nsp do csz[i + 2] = psz[i] end
-        count = medlua.zeros(csz)
-      end
-      local yw = y:float() * wexp
-      for j = 0, n - 1 do
-        local st = starts[k + j]
-        local ov, cv = out:narrow(0, b, 1), count
-        for i = 1, nsp do
-          ov = ov:narrow(i + 1, st[i], roi[i])
-          if b == 0 then cv = cv:narrow(i + 1, st[i], roi[i]) end
-        end
-        ov:add_(yw:narrow(0, j, 1))
-        if b == 0 then cv:add_(wexp) end
-      end
-      k = k + n
-      if report then report(n) end
+  local total = nwin * B
+  -- summed weights (the same for every batch item)
+  local csz = {1, 1}
+  for i = 1, nsp do csz[i + 2] = psz[i] end
+  local count = medlua.zeros(csz, {dtype = dtype})
+  for w = 1, nwin do
+    local cv, st = count, starts[w]
+    for i = 1, nsp do cv = cv:narrow(i + 1, st[i], roi[i]) end
+    cv:add_(wexp)
+  end
+  -- window g (0-based, item-major) -> batch item, start
+  local function window(g) return g // nwin, starts[g % nwin + 1] end
+  local out
+  local g = 0
+  while g < total do
+    local n = math.min(sw, total - g)
+    local parts = {}
+    for j = 0, n - 1 do
+      local b, st = window(g + j)
+      local v = xp:narrow(0, b, 1)
+      for i = 1, nsp do v = v:narrow(i + 1, st[i], roi[i]) end
+      parts[#parts + 1] = v
     end
+    local batch = (n == 1) and parts[1]:contiguous() or medlua.cat(parts, 0)
+    parts = nil
+    local y = call(pred, batch)
+    if not medlua.is_tensor(y) then fail("the predictor must return a tensor, got %s", type(y)) end
+    local ys = y:size()
+    if #ys ~= nsp + 2 or ys[1] ~= n then
+      fail("the predictor returned %s for a window batch %s (expected [%d, C, %s])", shape_str(ys),
+        shape_str(batch:size()), n, table.concat(roi, ", "))
+    end
+    for i = 1, nsp do
+      if ys[i + 2] ~= roi[i] then
+        fail("the predictor returned %s for windows %s: its spatial size must equal the ROI", shape_str(ys),
+          shape_str(batch:size()))
+      end
+    end
+    batch = nil
+    y = activate(y, o.activation)
+    if not out then
+      local osz = {B, ys[2]}
+      for i = 1, nsp do osz[i + 2] = psz[i] end
+      out = medlua.zeros(osz, {dtype = dtype})
+    elseif ys[2] ~= out:size(1) then
+      fail("the predictor returned %d channels for one window batch and %d for another", ys[2], out:size(1))
+    end
+    if y.dtype ~= dtype then y = y:to(dtype) end
+    y = y * wexp
+    for j = 0, n - 1 do
+      local b, st = window(g + j)
+      local ov = out:narrow(0, b, 1)
+      for i = 1, nsp do ov = ov:narrow(i + 1, st[i], roi[i]) end
+      ov:add_(y:narrow(0, j, 1))
+    end
+    y = nil
+    g = g + n
+    if report then report(n) end
   end
   out:div_(count)
   if padded then
@@ -223,7 +259,7 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
     end
     out = out:contiguous()
   end
-  return out, nwin * B
+  return out, total
 end
 
 --- inferers.sliding_window_inference(inputs, roi_size, sw_batch_size, predictor, opts) -> tensor
@@ -237,11 +273,19 @@ function M.sliding_window_inference(x, roi_size, sw_batch_size, predictor, opts)
   local nd = x:dim()
   if nd < 3 or nd > 5 then fail("inputs must be [B, C, spatial...] with 1-3 spatial dims, got %s", shape_str(x:size())) end
   local nsp = nd - 2
-  local roi = as_roi(roi_size, nsp)
+  local roi = as_roi(roi_size, x)
   sw_batch_size = sw_batch_size or 1
   if math.type(sw_batch_size) ~= "integer" or sw_batch_size < 1 then fail("sw_batch_size must be an integer >= 1") end
   local ov = o.overlap or 0.25
-  if type(ov) ~= "number" or ov < 0 or ov >= 1 then fail("overlap must be in [0, 1), got %s", tostring(ov)) end
+  if type(ov) == "table" then
+    if #ov ~= nsp then fail("overlap must be a number or a list of %d numbers, got %d values", nsp, #ov) end
+    for i = 1, nsp do
+      local v = ov[i]
+      if type(v) ~= "number" or v < 0 or v >= 1 then fail("overlap[%d] must be in [0, 1), got %s", i, tostring(v)) end
+    end
+  elseif type(ov) ~= "number" or ov < 0 or ov >= 1 then
+    fail("overlap must be in [0, 1), got %s", tostring(ov))
+  end
   if predictor == nil then fail("a predictor is required") end
   local wmap = M.importance_map(roi, o.mode or "constant", o.sigma_scale)
   local flips = {{}}
