@@ -99,6 +99,33 @@ bool get_u16(DcmItem *it, const DcmTagKey &tag, int32_t *out) {
     return false;
 }
 
+// the element (group, xxEE) of the private block whose creator (group, 00xx) names `creator`
+DcmElement *private_element(DcmItem *it, Uint16 group, const char *creator, Uint16 elem) {
+    // one pass over the item's elements (kept sorted by tag): the creators (group, 0010-00FF)
+    for (DcmObject *o = it->nextInContainer(NULL); o; o = it->nextInContainer(o)) {
+        Uint16 g = o->getGTag(), el = o->getETag();
+        if (g < group || (g == group && el < 0x10)) continue;
+        if (g > group || el > 0xFF) break;
+        OFString s;
+        if (OFstatic_cast(DcmElement *, o)->getOFStringArray(s).bad() || s.find(creator) == OFString_npos) continue;
+        DcmElement *e = NULL;
+        if (it->findAndGetElement(DcmTagKey(group, (Uint16)((el << 8) | elem)), e).good() && e) return e;
+        return NULL;
+    }
+    return NULL;
+}
+
+// the bytes of an OB / UN (or other byte-string) element
+bool element_bytes(DcmElement *e, const Uint8 **data, size_t *len) {
+    Uint8 *b = NULL;
+    if (e->getUint8Array(b).good() && b) {
+        *data = b;
+        *len = e->getLength();
+        return true;
+    }
+    return false;
+}
+
 DcmItem *first_item(DcmItem *parent, const DcmTagKey &seq) {
     DcmItem *it = NULL;
     if (parent && parent->findAndGetSequenceItem(seq, it, 0).good()) return it;
@@ -241,6 +268,9 @@ void ml_dcm_header_free(ml_dcm_header *h) {
     free(h->grid_offsets);
     h->grid_offsets = NULL;
     h->ngrid_offsets = 0;
+    free(h->csa_image);
+    h->csa_image = NULL;
+    h->csa_image_len = 0;
 }
 
 int ml_dcm_read_header(ml_dcm_file *f, ml_dcm_header *h, char *err, size_t errlen) {
@@ -338,6 +368,34 @@ int ml_dcm_read_header(ml_dcm_file *f, ml_dcm_header *h, char *err, size_t errle
         }
         h->has_window = get_f64(ds, DCM_WindowCenter, &h->window_center, 1) &&
                         get_f64(ds, DCM_WindowWidth, &h->window_width, 1);
+
+        // Siemens mosaic clues
+        {
+            OFString it;
+            if (ds->findAndGetOFStringArray(DCM_ImageType, it).good()) copystr(h->image_type, sizeof h->image_type, it);
+            get_str(ds, DCM_Manufacturer, h->manufacturer, sizeof h->manufacturer);
+            h->has_acq_matrix = 1;
+            for (unsigned long k = 0; k < 4 && h->has_acq_matrix; k++) {
+                Uint16 v;
+                if (ds->findAndGetUint16(DCM_AcquisitionMatrix, v, k).good()) h->acq_matrix[k] = v;
+                else h->has_acq_matrix = 0;
+            }
+            if (DcmElement *e = private_element(ds, 0x0019, "SIEMENS MR HEADER", 0x0A)) {
+                Uint16 v;
+                const Uint8 *b = NULL;
+                size_t n = 0;
+                if (e->getUint16(v).good()) h->siemens_mosaic_n = v;
+                else if (element_bytes(e, &b, &n) && n >= 2) h->siemens_mosaic_n = b[0] | (b[1] << 8);
+            }
+            if (DcmElement *e = private_element(ds, 0x0029, "SIEMENS CSA HEADER", 0x10)) {
+                const Uint8 *b = NULL;
+                size_t n = 0;
+                if (element_bytes(e, &b, &n) && n > 0 && n < (64u << 20)) {
+                    h->csa_image = (uint8_t *)malloc(n);
+                    if (h->csa_image) memcpy(h->csa_image, b, n), h->csa_image_len = n;
+                }
+            }
+        }
 
         // enhanced multi-frame: shared + per-frame functional groups
         ml_dcm_frameinfo shared;

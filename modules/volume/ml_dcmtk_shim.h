@@ -69,6 +69,14 @@ typedef struct ml_dcm_header {
     /* GridFrameOffsetVector (RT Dose): frame offsets along the normal, or NULL */
     int32_t ngrid_offsets;
     double *grid_offsets;
+    /* Siemens mosaic clues (ml_dicom.c decides what they mean) */
+    char image_type[128];       /* ImageType (0008,0008), values joined by backslashes */
+    char manufacturer[64];
+    int32_t siemens_mosaic_n;   /* NumberOfImagesInMosaic (0019,xx0A) of "SIEMENS MR HEADER"; 0 if absent */
+    int32_t acq_matrix[4];      /* AcquisitionMatrix (0018,1310): freq rows, freq cols, phase rows, phase cols */
+    uint8_t has_acq_matrix;
+    uint8_t *csa_image;         /* CSA image header (0029,xx10) of "SIEMENS CSA HEADER", malloc'ed, or NULL */
+    size_t csa_image_len;
 } ml_dcm_header;
 
 typedef struct ml_dcm_file ml_dcm_file;

@@ -460,7 +460,15 @@ typedef struct {
     ml_err code;
     char err[320];
     int64_t slice0; /* first index in the slice array (selected files only) */
+    /* Siemens mosaic (detect_mosaic): mosaic_n > 0 tiles of tile_rows x tile_cols, mosaic_nrc per row */
+    int32_t mosaic_n, mosaic_nrc, tile_rows, tile_cols;
+    double mosaic_snv[3];            /* CSA SliceNormalVector (LPS), when has_snv */
+    uint8_t has_snv, mosaic_guessed; /* the tile count guessed from ImageType + AcquisitionMatrix */
+    char mosaic_note[200];           /* why a file that looks like a mosaic was not unpacked */
 } dfile;
+
+/* images (slices) a file holds: its frames, or the tiles of a mosaic */
+static int64_t images_of(const dfile *df) { return df->mosaic_n > 0 ? df->mosaic_n : df->h.frames; }
 
 static int64_t frame_bytes(const ml_dcm_header *h) {
     int64_t px = (int64_t)h->rows * h->cols * (h->samples > 0 ? h->samples : 1);
@@ -537,6 +545,96 @@ static bool check_pixel_module(dfile *df) {
     return true;
 }
 
+/* ================================================================ Siemens mosaic */
+static uint32_t rd_u32le(const uint8_t *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+int ml_dicom_csa_numbers(const uint8_t *buf, size_t len, const char *name, double *v, int maxv) {
+    /* SV10: "SV10", 4 unused bytes, n_tags (u32), 77 (u32); per tag: name[64], vm, vr[4], syngodt,
+     * n_items, xx (84 bytes); per item: 4 x i32 (the 2nd is the length) and the value padded to 4 */
+    if (!buf || len < 16 || memcmp(buf, "SV10", 4) || !name || maxv < 1) return 0;
+    uint32_t ntags = rd_u32le(buf + 8);
+    if (ntags < 1 || ntags > 1000) return 0;
+    size_t pos = 16;
+    for (uint32_t t = 0; t < ntags; t++) {
+        if (len - pos < 84) return 0;
+        const uint8_t *tag = buf + pos;
+        uint32_t vm = rd_u32le(tag + 64), nitems = rd_u32le(tag + 76);
+        pos += 84;
+        if (nitems > 1000) return 0;
+        bool want = strnlen((const char *)tag, 64) < 64 && !strcmp((const char *)tag, name);
+        uint32_t nvals = vm ? vm : nitems;
+        int got = 0;
+        bool stop = false;
+        for (uint32_t i = 0; i < nitems; i++) {
+            if (len - pos < 16) return 0;
+            uint32_t il = rd_u32le(buf + pos + 4);
+            pos += 16;
+            if (il > len - pos) return 0;
+            if (want && !stop && i < nvals && got < maxv) {
+                char tmp[64];
+                size_t k = il < sizeof tmp - 1 ? il : sizeof tmp - 1;
+                memcpy(tmp, buf + pos, k);
+                tmp[k] = '\0';
+                char *end = NULL;
+                double x = strtod(tmp, &end);
+                if (il == 0 || end == tmp || !isfinite(x)) stop = true;
+                else v[got++] = x;
+            }
+            size_t adv = ((size_t)il + 3) & ~(size_t)3;
+            pos = adv > len - pos ? len : pos + adv;
+        }
+        if (want) return got;
+    }
+    return 0;
+}
+
+/* Is df a Siemens mosaic (one frame tiling N slices)? As dcm2niix: N from the CSA image header's
+ * NumberOfImagesInMosaic, else (0019,xx0A), else (ImageType MOSAIC) guessed from AcquisitionMatrix;
+ * the tiles are ceil(sqrt(N)) per row and column. Sets the dfile's mosaic_* fields. */
+static void detect_mosaic(dfile *df) {
+    const ml_dcm_header *h = &df->h;
+    df->mosaic_n = 0;
+    int64_t n = 0;
+    double v[3];
+    if (h->csa_image && ml_dicom_csa_numbers(h->csa_image, h->csa_image_len, "NumberOfImagesInMosaic", v, 1) == 1 &&
+        v[0] >= 2 && v[0] <= 65536)
+        n = (int64_t)llround(v[0]);
+    if (n < 2 && h->siemens_mosaic_n >= 2) n = h->siemens_mosaic_n;
+    bool tagged = strstr(h->image_type, "MOSAIC") != NULL;
+    if (n < 2 && tagged && h->has_acq_matrix) {
+        int32_t fr = h->acq_matrix[0] ? h->acq_matrix[0] : h->acq_matrix[1];
+        int32_t ph = h->acq_matrix[3] ? h->acq_matrix[3] : h->acq_matrix[2];
+        if (fr > 0 && ph > 0 && h->cols % fr == 0 && h->rows % ph == 0 && h->cols / fr > 2 && h->rows / ph > 2) {
+            n = (int64_t)(h->cols / fr) * (h->rows / ph);
+            df->mosaic_guessed = 1;
+        }
+    }
+    if (n < 2) {
+        if (tagged)
+            snprintf(df->mosaic_note, sizeof df->mosaic_note,
+                     "ImageType says MOSAIC but the number of images in it is unknown (no CSA "
+                     "NumberOfImagesInMosaic, no (0019,100A), no usable AcquisitionMatrix): read as one image");
+        return;
+    }
+    int32_t nrc = 1;
+    while ((int64_t)nrc * nrc < n) nrc++;
+    if (h->frames != 1 || h->bits_alloc == 1 || h->rows % nrc || h->cols % nrc) {
+        snprintf(df->mosaic_note, sizeof df->mosaic_note,
+                 "a Siemens mosaic of %lld images must be one frame of %d x %d tiles, but it has %d frame(s) of "
+                 "Rows %d x Columns %d, %d bits: read as it is",
+                 (long long)n, (int)nrc, (int)nrc, (int)h->frames, (int)h->rows, (int)h->cols, (int)h->bits_alloc);
+        return;
+    }
+    df->mosaic_n = (int32_t)n;
+    df->mosaic_nrc = nrc;
+    df->tile_rows = h->rows / nrc;
+    df->tile_cols = h->cols / nrc;
+    df->has_snv = h->csa_image && ml_dicom_csa_numbers(h->csa_image, h->csa_image_len, "SliceNormalVector",
+                                                      df->mosaic_snv, 3) == 3;
+}
+
 /* Parse one file. single: the path was given by the user (errors are the answer), else a file of a
  * directory scan (non-DICOM files are skipped quietly). */
 static void scan_one(dfile *df, bool single) {
@@ -594,6 +692,7 @@ static void scan_one(dfile *df, bool single) {
         df->f = NULL;
         return;
     }
+    detect_mosaic(df);
     df->status = F_IMAGE;
 }
 
@@ -688,7 +787,7 @@ static ml_err group_series(dfile *fs, int64_t n, int64_t **idx_out, int64_t *nim
             ns++;
         }
         ser[ns - 1].n_files++;
-        ser[ns - 1].n_images += fs[idx[i]].h.frames;
+        ser[ns - 1].n_images += images_of(&fs[idx[i]]);
     }
     *idx_out = idx;
     *nimg_out = m;
@@ -776,8 +875,9 @@ ml_err ml_dicom_list_series(ml_dicom_series_info **out, int *nout, const char *d
         s->series_number = h->has_series_number ? h->series_number : -1;
         s->n_files = (int32_t)ser[k].n_files;
         s->n_images = (int32_t)ser[k].n_images;
-        s->rows = h->rows;
-        s->cols = h->cols;
+        const dfile *d0 = &fs[idx[ser[k].first]];
+        s->rows = d0->mosaic_n > 0 ? d0->tile_rows : h->rows; /* a mosaic's slices */
+        s->cols = d0->mosaic_n > 0 ? d0->tile_cols : h->cols;
         s->first_file = strdup(fs[idx[ser[k].first]].path);
         if (!s->first_file) {
             ml_dicom_series_free(info, (int)k);
@@ -857,6 +957,62 @@ static void convert_i32(const int32_t *src, int64_t npx, bool native, double slo
     for (int64_t i = 0; i < npx; i++) df[i] = (float)((double)src[i] * slope + icpt);
 }
 
+/* ================================================================ RLE Lossless, 1 bit allocated
+ * DCMTK's RLE codec (and pydicom's) refuses BitsAllocated 1 ("Pixel representation cannot be
+ * changed"), but binary segmentations are written that way (highdicom, GDCM, dcmqi): one byte
+ * segment holding the frame's bit-packed bytes, exactly the native layout. The frame is the
+ * 64-byte RLE header (number of segments, 15 offsets, little endian) and PackBits segments
+ * (PS3.5 Annex G). */
+static bool rle_packbits(const uint8_t *src, size_t n, uint8_t *dst, size_t want, size_t *got) {
+    size_t i = 0, o = 0;
+    while (i < n && o < want) {
+        int c = (int8_t)src[i++];
+        if (c >= 0) {
+            size_t k = (size_t)c + 1;
+            if (k > n - i) k = n - i; /* truncated literal run: what is there */
+            if (k > want - o) k = want - o;
+            memcpy(dst + o, src + i, k);
+            i += k, o += k;
+        } else if (c != -128) {
+            if (i >= n) break;
+            size_t k = (size_t)(1 - c);
+            if (k > want - o) k = want - o;
+            memset(dst + o, src[i++], k);
+            o += k;
+        }
+    }
+    *got = o;
+    return o == want;
+}
+
+/* Decode one RLE frame of a 1-bit image into dst (want bytes). err gets the reason. */
+static bool rle_decode_1bit(const uint8_t *src, size_t n, uint8_t *dst, size_t want, char *err, size_t errlen) {
+    if (n < 64) {
+        snprintf(err, errlen, "RLE frame of %zu bytes is shorter than its 64-byte header", n);
+        return false;
+    }
+    uint32_t hdr[16];
+    for (int k = 0; k < 16; k++)
+        hdr[k] = (uint32_t)src[4 * k] | (uint32_t)src[4 * k + 1] << 8 | (uint32_t)src[4 * k + 2] << 16 |
+                 (uint32_t)src[4 * k + 3] << 24;
+    if (hdr[0] != 1) {
+        snprintf(err, errlen, "RLE header declares %u segments; a 1-bit grayscale frame has 1", (unsigned)hdr[0]);
+        return false;
+    }
+    if (hdr[1] < 64 || hdr[1] >= n) {
+        snprintf(err, errlen, "RLE segment offset %u lies outside the %zu-byte frame", (unsigned)hdr[1], n);
+        return false;
+    }
+    size_t got = 0;
+    if (!rle_packbits(src + hdr[1], n - hdr[1], dst, want, &got)) {
+        snprintf(err, errlen, "RLE segment decodes to %zu bytes; the frame needs %zu", got, want);
+        return false;
+    }
+    return true;
+}
+
+static bool is_rle(const ml_dcm_header *h) { return !strcmp(h->transfer_syntax, "1.2.840.10008.1.2.5"); }
+
 /* ================================================================ reading */
 void ml_dicom_read_opts_init(ml_dicom_read_opts *o) {
     memset(o, 0, sizeof *o);
@@ -879,6 +1035,72 @@ static void frame_what(char *buf, size_t n, const dfile *df, int32_t frame) {
     else snprintf(buf, n, "dicom: %s", df->path);
 }
 
+/* copy tile q (tiles nrc per row) of a mosaic of cols columns, esz bytes per sample, into dst */
+static void copy_tile(const void *mosaic, int64_t cols, int32_t tr, int32_t tc, int32_t nrc, int32_t q, size_t esz,
+                      void *dst) {
+    int64_t y0 = (int64_t)(q / nrc) * tr, x0 = (int64_t)(q % nrc) * tc;
+    for (int64_t y = 0; y < tr; y++)
+        memcpy((char *)dst + (size_t)(y * tc) * esz, (const char *)mosaic + (size_t)((y0 + y) * cols + x0) * esz,
+               (size_t)tc * esz);
+}
+
+/* The one frame of a mosaic file, cut into its tiles (the slices s0 .. s0+cnt-1, frame = tile). */
+static bool decode_mosaic(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *cx) {
+    char err[256];
+    const ml_dcm_header *h = &df->h;
+    int64_t npx = cx->npx, mpx = (int64_t)h->rows * h->cols;
+    bool j2k = h->ts_class == ML_DCM_TS_J2K;
+    size_t in_esz = j2k ? sizeof(int32_t) : (size_t)(h->bits_alloc / 8);
+    size_t bsz = j2k ? (size_t)mpx * sizeof(int32_t) : (size_t)frame_bytes(h) + 8;
+    void *full = malloc(bsz), *tile = malloc((size_t)npx * in_esz + 8);
+    bool ok = full && tile;
+    if (!ok) {
+        df->code = ML_ERR_OOM;
+        snprintf(df->err, sizeof df->err, "out of memory");
+    }
+    if (ok && j2k) {
+        uint8_t *bs = NULL;
+        size_t bl = 0;
+        int rc = ml_dcm_frame_bitstream(df->f, 0, 1, &bs, &bl, err, sizeof err);
+        if (rc) {
+            df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
+            snprintf(df->err, sizeof df->err, "mosaic frame: %s", err);
+            ok = false;
+        } else {
+            char what[300];
+            frame_what(what, sizeof what, df, 0);
+            ml_err e = ml_j2k_decode(bs, bl, h->cols, h->rows, h->pixel_rep, full, what);
+            if (e) {
+                df->code = e;
+                snprintf(df->err, sizeof df->err, "%s", ml_errmsg());
+                ok = false;
+            }
+        }
+        free(bs);
+    } else if (ok) {
+        uint32_t sf = 0;
+        int rc = ml_dcm_frame_pixels(df->f, 0, full, bsz & ~(size_t)1, &sf, err, sizeof err);
+        if (rc) {
+            df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
+            if (h->ts_class == ML_DCM_TS_NATIVE)
+                snprintf(df->err, sizeof df->err, "truncated or unreadable pixel data: %s", err);
+            else
+                snprintf(df->err, sizeof df->err, "%.60s stream corrupt: %.200s", h->ts_name, err);
+            ok = false;
+        }
+    }
+    for (int64_t q = 0; q < cnt && ok; q++) {
+        const ml_dcm_slice *s = &cx->sl[s0 + q];
+        copy_tile(full, h->cols, df->tile_rows, df->tile_cols, df->mosaic_nrc, s->frame, in_esz, tile);
+        char *dst = cx->dst + (size_t)cx->slot[s0 + q] * (size_t)npx * sizeof(float);
+        if (j2k) convert_i32(tile, npx, cx->native, cx->slope[s0 + q], cx->icpt[s0 + q], dst);
+        else convert_frame(tile, h, npx, cx->native, cx->slope[s0 + q], cx->icpt[s0 + q], dst);
+    }
+    free(full);
+    free(tile);
+    return ok;
+}
+
 /* Decode all frames of file df whose slices are s0 .. s0+cnt-1. Errors in df->err / df->code. */
 static bool decode_file(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *cx) {
     char err[256];
@@ -890,6 +1112,7 @@ static bool decode_file(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *cx
             return false;
         }
     }
+    if (df->mosaic_n > 0) return decode_mosaic(df, s0, cnt, cx);
     const ml_dcm_header *h = &df->h;
     int64_t npx = cx->npx, fb = frame_bytes(h);
     size_t esz = sizeof(float);
@@ -939,9 +1162,28 @@ static bool decode_file(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *cx
     }
     uint32_t sf = 0;
     bool ok = true;
+    bool own_rle = h->bits_alloc == 1 && h->ts_class == ML_DCM_TS_DCMTK && is_rle(h);
     for (int64_t q = 0; q < cnt; q++) {
         const ml_dcm_slice *s = &cx->sl[s0 + q];
-        int rc = ml_dcm_frame_pixels(df->f, (uint32_t)s->frame, raw, bsz & ~(size_t)1, &sf, err, sizeof err);
+        int rc;
+        if (own_rle) {
+            uint8_t *bs = NULL;
+            size_t bl = 0;
+            rc = ml_dcm_frame_bitstream(df->f, (uint32_t)s->frame, (uint32_t)h->frames, &bs, &bl, err, sizeof err);
+            if (!rc && !rle_decode_1bit(bs, bl, raw, (size_t)fb, err, sizeof err)) rc = ML_DCM_EIO;
+            free(bs);
+            if (rc) {
+                df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
+                snprintf(df->err, sizeof df->err, "%.60s stream corrupt: frame %d: %.200s", h->ts_name, (int)s->frame,
+                         err);
+                ok = false;
+                break;
+            }
+            convert_frame(raw, h, npx, cx->native, cx->slope[s0 + q], cx->icpt[s0 + q],
+                          cx->dst + (size_t)cx->slot[s0 + q] * (size_t)npx * esz);
+            continue;
+        }
+        rc = ml_dcm_frame_pixels(df->f, (uint32_t)s->frame, raw, bsz & ~(size_t)1, &sf, err, sizeof err);
         if (rc) {
             df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
             if (h->ts_class == ML_DCM_TS_NATIVE)
@@ -984,11 +1226,54 @@ static void shift_accum(const float *src, int64_t nx, int64_t ny, double sx, dou
     }
 }
 
+/* The tiles of a mosaic file as slices (frame = tile index). As dcm2niix: ImagePositionPatient is
+ * the corner of the whole mosaic seen as one image centred on the tiles, so the first tile's corner
+ * is it moved by half the difference of the mosaic and tile sizes along the row and column
+ * directions; tile q lies q * spacing (SpacingBetweenSlices, else SliceThickness) further along the
+ * slice direction: the CSA SliceNormalVector when present (it may point against row x column),
+ * else row x column. */
+static void mosaic_slices(const dfile *df, int32_t file, const double *nrm, double dz, ml_dcm_slice *x, double *sl,
+                          double *ic) {
+    const ml_dcm_header *h = &df->h;
+    double r[3] = {1, 0, 0}, c[3] = {0, 1, 0};
+    if (h->has_iop) memcpy(r, h->iop, sizeof r), memcpy(c, h->iop + 3, sizeof c);
+    bool ps_ok = h->has_ps && h->ps[0] > 0 && h->ps[1] > 0;
+    double ps_row = ps_ok ? h->ps[0] : 1, ps_col = ps_ok ? h->ps[1] : 1;
+    double fx = (double)(h->cols - df->tile_cols) / 2.0, fy = (double)(h->rows - df->tile_rows) / 2.0;
+    double corner[3], sdir[3];
+    double sign = df->has_snv && dot3(df->mosaic_snv, nrm) < 0 ? -1.0 : 1.0;
+    for (int a = 0; a < 3; a++) {
+        corner[a] = h->ipp[a] + fx * ps_col * r[a] + fy * ps_row * c[a];
+        sdir[a] = sign * nrm[a];
+    }
+    for (int32_t q = 0; q < df->mosaic_n; q++) {
+        ml_dcm_slice *y = &x[q];
+        y->rows = df->tile_rows;
+        y->cols = df->tile_cols;
+        y->file = file;
+        y->frame = q;
+        y->name = df->path;
+        y->instance = h->instance;
+        y->has_instance = h->has_instance;
+        y->temporal = h->has_temporal ? h->temporal : 0;
+        y->thickness = h->has_thickness ? h->thickness : 0;
+        y->spacing_between = dz; /* the tiles' own spacing (what a single-mosaic stack falls back to) */
+        y->has_iop = h->has_iop;
+        memcpy(y->iop, h->iop, sizeof y->iop);
+        y->has_ps = ps_ok;
+        memcpy(y->ps, h->ps, sizeof y->ps);
+        y->has_ipp = h->has_ipp;
+        for (int a = 0; a < 3; a++) y->ipp[a] = corner[a] + (double)q * dz * sdir[a];
+        sl[q] = h->has_rescale && isfinite(h->slope) && isfinite(h->intercept) ? h->slope : 1;
+        ic[q] = h->has_rescale && isfinite(h->slope) && isfinite(h->intercept) ? h->intercept : 0;
+    }
+}
+
 /* slices of the selected files, in file order (slice index s -> file fs[sel[?]] frame) */
 static ml_err build_slices(dfile *fs, const int64_t *sel, int64_t nsel, ml_dcm_slice **out, double **slope,
                            double **icpt, int64_t *nout, const char *what) {
     int64_t n = 0;
-    for (int64_t i = 0; i < nsel; i++) n += fs[sel[i]].h.frames;
+    for (int64_t i = 0; i < nsel; i++) n += images_of(&fs[sel[i]]);
     if (n > MAX_IMAGES)
         return ml_seterr(ML_ERR_IO, "dicom: %s: %lld images is more than supported (%d)", what, (long long)n,
                          MAX_IMAGES);
@@ -1015,6 +1300,16 @@ static ml_err build_slices(dfile *fs, const int64_t *sel, int64_t nsel, ml_dcm_s
                                                                       : 1.0;
         if (h->has_ps && !(h->ps[0] > 0 && h->ps[1] > 0) && i == 0)
             ml_warn("dicom: %s: PixelSpacing %g\\%g is not valid: using 1 mm", df->path, h->ps[0], h->ps[1]);
+        if (df->mosaic_note[0] && i == 0) ml_warn("dicom: %s: %s", df->path, df->mosaic_note);
+        if (df->mosaic_n > 0) {
+            if (df->mosaic_guessed && i == 0)
+                ml_warn("dicom: %s: a Siemens mosaic without its number of images (no CSA header, no (0019,100A)): "
+                        "guessed %d tiles from AcquisitionMatrix; check the slice count",
+                        df->path, (int)df->mosaic_n);
+            mosaic_slices(df, (int32_t)i, nrm, fdz, s + k, sl + k, ic + k);
+            k += df->mosaic_n;
+            continue;
+        }
         for (int32_t q = 0; q < h->frames; q++, k++) {
             ml_dcm_slice *x = &s[k];
             x->rows = h->rows;
@@ -1174,7 +1469,7 @@ ml_err ml_dicom_read(ml_volume **out, const char *path, const ml_dicom_read_opts
     }
     /* ---- decode: files in parallel; one multi-frame JPEG 2000 file: frames in parallel */
     atomic_int failed = 0;
-    if (nsel == 1 && fs[sel[0]].h.frames > 1 && fs[sel[0]].h.ts_class == ML_DCM_TS_J2K) {
+    if (nsel == 1 && fs[sel[0]].h.frames > 1 && fs[sel[0]].mosaic_n == 0 && fs[sel[0]].h.ts_class == ML_DCM_TS_J2K) {
         dfile *df = &fs[sel[0]];
         int64_t nf = df->h.frames;
         uint8_t **bsv = calloc((size_t)nf, sizeof *bsv);
@@ -1246,7 +1541,7 @@ ml_err ml_dicom_read(ml_volume **out, const char *path, const ml_dicom_read_opts
             if (atomic_load(&failed)) continue;
             dfile *df = &fs[sel[i]];
             df->code = ML_OK;
-            if (!decode_file(df, df->slice0, df->h.frames, &cx)) atomic_store(&failed, 1);
+            if (!decode_file(df, df->slice0, images_of(df), &cx)) atomic_store(&failed, 1);
             ml_dcm_close(df->f);
             df->f = NULL;
         }

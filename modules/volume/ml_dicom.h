@@ -27,6 +27,12 @@
  *    un-sheared affine, which misplaces slices away from the first by z*tan(tilt), and a second,
  *    resampled "_Tilt" file); "resample" interpolates onto the orthogonal grid of the slice normal
  *    (outside the acquired field: the image minimum); "error" refuses.
+ *  - Siemens mosaics (one frame tiling N slices, N from the CSA image header's
+ *    NumberOfImagesInMosaic, else (0019,100A), else guessed from ImageType MOSAIC + AcquisitionMatrix
+ *    with a warning) are cut into their N tiles of (Rows / ceil(sqrt N)) x (Columns / ceil(sqrt N));
+ *    the geometry is dcm2niix's: ImagePositionPatient moved from the mosaic's corner to the first
+ *    tile's, tiles stacked by SpacingBetweenSlices (else SliceThickness) along the CSA
+ *    SliceNormalVector (else row x column). A series of mosaics (fMRI) becomes [X, Y, Z, T].
  */
 #ifndef ML_DICOM_H
 #define ML_DICOM_H
@@ -123,6 +129,12 @@ typedef struct ml_dcm_plan {
 ml_err ml_dicom_assemble(ml_dcm_plan *plan, const ml_dcm_slice *s, int64_t n, int on_uneven, int on_tilt,
                          const char *what);
 void ml_dicom_plan_free(ml_dcm_plan *p);
+
+/* ------------------------------------------------------------- Siemens CSA header */
+/* Numbers of the tag `name` of a Siemens CSA header in SV10 format (the bytes of (0029,xx10)):
+ * up to maxv values into v; returns how many were read (0 when the tag is absent or empty or the
+ * buffer is not an SV10 header). Bounds-checked against len (fuzzed through the DICOM reader). */
+int ml_dicom_csa_numbers(const uint8_t *buf, size_t len, const char *name, double *v, int maxv);
 
 /* ------------------------------------------------------------- JPEG 2000 (ml_j2k.c) */
 /* Decode one JPEG 2000 frame (raw codestream or JP2) of width x height samples into out (int32),

@@ -8,6 +8,7 @@
 #include "ml_test.h"
 #include "volume/ml_dcmtk_shim.h"
 #include "volume/ml_dicom.h"
+#include "volume/ml_nifti.h"
 
 #include <cjson/cJSON.h>
 
@@ -319,6 +320,284 @@ ML_TEST(same_image_every_syntax_identical) {
         ml_volume_release(v);
     }
     ml_volume_release(ref);
+}
+
+/* ===================================================================== Siemens mosaic */
+/* ours against dcm2niix's NIfTI of the same file: M = inv(B) * A must map our voxel grid onto theirs
+ * by a signed permutation with integer offsets; then their affine in our voxel order equals ours
+ * (1e-3 mm) and every voxel has their value */
+static void check_vs_dcm2niix(const char *dcm, const char *nii) {
+    ml_volume *v = NULL, *r = NULL;
+    ML_CHECK_OK(ml_dicom_read(&v, dcm, NULL));
+    ML_CHECK_OK(ml_nifti_read(&r, nii, NULL));
+    if (!v || !r) {
+        ml_volume_release(v), ml_volume_release(r);
+        return;
+    }
+    if (v->data->ndim != 3 || r->data->ndim != 3 || v->data->shape[0] != 64 || v->data->shape[1] != 64 ||
+        v->data->shape[2] != 35 || r->data->shape[2] != 35) {
+        ML_FAIL_("%s: shape %s, dcm2niix %s", dcm, ml_shape_str(v->data->ndim, v->data->shape),
+                 ml_shape_str(r->data->ndim, r->data->shape));
+        ml_volume_release(v), ml_volume_release(r);
+        return;
+    }
+    double bi[16], m[16], p[16], bp[16];
+    ML_CHECK(ml_affine_inverse(bi, r->affine) == 0);
+    ml_affine_mul(m, bi, v->affine);
+    ml_affine_identity(p);
+    bool perm = true;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) {
+            double x = m[i * 4 + j], rx = round(x);
+            if (fabs(x - rx) > 1e-3 || (j < 3 && fabs(rx) > 1)) perm = false;
+            p[i * 4 + j] = rx;
+        }
+    if (!perm) {
+        ML_FAIL_("%s: inv(dcm2niix affine) * ours is not a signed permutation with integer offsets", dcm);
+        ml_volume_release(v), ml_volume_release(r);
+        return;
+    }
+    ml_affine_mul(bp, r->affine, p);
+    double ad = 0;
+    for (int q = 0; q < 12; q++) ad = fmax(ad, fabs(bp[q] - v->affine[q]));
+    if (!(ad <= 1e-3)) ML_FAIL_("%s: affine differs from dcm2niix's by %g mm", dcm, ad);
+    double vd = 0;
+    int64_t ix[4] = {0, 0, 0, 0}, jx[4] = {0, 0, 0, 0};
+    for (ix[2] = 0; ix[2] < 35; ix[2]++)
+        for (ix[1] = 0; ix[1] < 64; ix[1]++)
+            for (ix[0] = 0; ix[0] < 64; ix[0]++) {
+                for (int a = 0; a < 3; a++)
+                    jx[a] = (int64_t)(p[a * 4] * (double)ix[0] + p[a * 4 + 1] * (double)ix[1] +
+                                      p[a * 4 + 2] * (double)ix[2] + p[a * 4 + 3]);
+                vd = fmax(vd, fabs(ml_tensor_get(v->data, ix) - ml_tensor_get(r->data, jx)));
+            }
+    if (vd != 0) ML_FAIL_("%s: voxels differ from dcm2niix's by up to %g", dcm, vd);
+    ml_volume_release(v);
+    ml_volume_release(r);
+}
+
+ML_TEST(mosaic_matches_dcm2niix) {
+    check_vs_dcm2niix("tests/data/dicom/mosaic/mosaic_j2k.dcm", "tests/data/dicom/mosaic/ref_dcm2niix.nii.gz");
+    char d[512], n[512];
+    snprintf(n, sizeof n, "%s/dicom_transfer_syntax/same_image/ref_dcm2niix.nii", SHARED);
+    if (!exists(n)) {
+        printf("  skipped: %s not present\n", n);
+        return;
+    }
+    for (int i = 1; i <= 9; i++) {
+        snprintf(d, sizeof d, "%s/dicom_transfer_syntax/same_image/%d.dcm", SHARED, i);
+        check_vs_dcm2niix(d, n);
+    }
+}
+
+/* slice k of a equals slice map(k) of b */
+static void check_slices(const ml_volume *a, const ml_volume *b, int nz, bool reversed, const char *what) {
+    int64_t ix[4] = {0, 0, 0, 0}, jx[4] = {0, 0, 0, 0};
+    for (ix[2] = 0; ix[2] < nz; ix[2]++) {
+        jx[2] = reversed ? nz - 1 - ix[2] : ix[2];
+        for (ix[1] = 0; ix[1] < a->data->shape[1]; ix[1]++)
+            for (ix[0] = 0; ix[0] < a->data->shape[0]; ix[0]++) {
+                jx[0] = ix[0], jx[1] = ix[1];
+                if (ml_tensor_get(a->data, ix) != ml_tensor_get(b->data, jx)) {
+                    ML_FAIL_("%s: voxel (%lld, %lld, %lld) differs", what, (long long)ix[0], (long long)ix[1],
+                             (long long)ix[2]);
+                    return;
+                }
+            }
+    }
+}
+
+/* tiny_mosaic.dcm (tests/ref/gen_dicom_ref.py --make-data): 3 tiles of 32x32 in a 2x2 grid, oblique,
+ * CSA SliceNormalVector against row x column, (0019,100A) = 3, ImageType MOSAIC, AcquisitionMatrix */
+ML_TEST(mosaic_sources_of_the_tile_count) {
+    const char *src = "tests/data/dicom/mosaic/tiny_mosaic.dcm";
+    ml_volume *ref = NULL, *v = NULL;
+    ML_CHECK_OK(ml_dicom_read(&ref, src, NULL));
+    if (!ref) return;
+    ML_CHECK(ref->data->ndim == 3 && ref->data->shape[0] == 32 && ref->data->shape[1] == 32 &&
+             ref->data->shape[2] == 3);
+    /* the slice axis: 4.5 mm along the normal; the CSA vector runs the tiles against it, so slice 0
+     * is the last tile: 2 * 4.5 mm from the first tile's corner */
+    double col2[3] = {ref->affine[2], ref->affine[6], ref->affine[10]};
+    ML_CHECK_NEAR(sqrt(col2[0] * col2[0] + col2[1] * col2[1] + col2[2] * col2[2]), 4.5, 1e-9);
+
+    /* without the CSA header: the count from (0019,100A), the slices along row x column (tile order) */
+    const char *k1[] = {"(0029,1010)"};
+    const char *v1[] = {NULL};
+    const char *p1 = tpath("mosaic_nocsa.dcm");
+    ML_CHECK_OK(ml_dicom_edit_tags(src, p1, 1, k1, v1));
+    ML_CHECK_OK(ml_dicom_read(&v, p1, NULL));
+    if (v) {
+        ML_CHECK(v->data->shape[2] == 3);
+        check_slices(v, ref, 3, true, "no CSA header");
+        for (int q = 0; q < 12; q++)
+            if (q % 4 != 3) ML_CHECK_NEAR(v->affine[q], ref->affine[q], 1e-9);
+        for (int a = 0; a < 3; a++) /* origin: the first tile, where ref's last slice is */
+            ML_CHECK_NEAR(v->affine[a * 4 + 3], ref->affine[a * 4 + 3] + 2 * ref->affine[a * 4 + 2], 1e-6);
+        ml_volume_release(v), v = NULL;
+    }
+    /* nor (0019,100A): guessed from ImageType MOSAIC + AcquisitionMatrix, as dcm2niix does when the
+     * frame holds more than 2 acquisition matrices per side (a 16 x 16 matrix: 4 x 4 tiles), warned */
+    const char *k2[] = {"(0029,1010)", "(0019,100A)", "AcquisitionMatrix"};
+    const char *v2[] = {NULL, NULL, "16\\0\\0\\16"};
+    const char *p2 = tpath("mosaic_guess.dcm");
+    ML_CHECK_OK(ml_dicom_edit_tags(src, p2, 3, k2, v2));
+    int w0 = g_warnings;
+    ML_CHECK_OK(ml_dicom_read(&v, p2, NULL));
+    ML_CHECK(g_warnings > w0 && strstr(g_last_warning, "guessed 16 tiles") && strstr(g_last_warning, p2));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 16 && v->data->shape[1] == 16 && v->data->shape[2] == 16);
+        ml_volume_release(v), v = NULL;
+    }
+    /* 2 x 2 matrices per side is not enough to guess (dcm2niix: interpolated images look like that) */
+    const char *k2b[] = {"(0029,1010)", "(0019,100A)"};
+    const char *v2b[] = {NULL, NULL};
+    const char *p2b = tpath("mosaic_noguess.dcm");
+    ML_CHECK_OK(ml_dicom_edit_tags(src, p2b, 2, k2b, v2b));
+    w0 = g_warnings;
+    ML_CHECK_OK(ml_dicom_read(&v, p2b, NULL));
+    ML_CHECK(g_warnings > w0 && strstr(g_last_warning, "number of images in it is unknown"));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 64 && v->data->shape[2] == 1);
+        ml_volume_release(v), v = NULL;
+    }
+    /* nothing to count the tiles with: one image, warned */
+    const char *k3[] = {"(0029,1010)", "(0019,100A)", "AcquisitionMatrix"};
+    const char *v3[] = {NULL, NULL, NULL};
+    const char *p3 = tpath("mosaic_unknown.dcm");
+    ML_CHECK_OK(ml_dicom_edit_tags(src, p3, 3, k3, v3));
+    w0 = g_warnings;
+    ML_CHECK_OK(ml_dicom_read(&v, p3, NULL));
+    ML_CHECK(g_warnings > w0 && strstr(g_last_warning, "number of images in it is unknown"));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 64 && v->data->shape[1] == 64 && v->data->shape[2] == 1);
+        ml_volume_release(v), v = NULL;
+    }
+    /* a count the frame cannot be cut into (5 -> 3 x 3 tiles of a 64 x 64 frame): one image, warned;
+     * (0019,100A) patched in the bytes of the file without CSA header (DCMTK cannot set a private tag) */
+    const char *p4 = tpath("mosaic_bad_count.dcm");
+    {
+        size_t n4 = 0;
+        unsigned char *b4 = read_all(p1, &n4);
+        static const unsigned char el[10] = {0x19, 0, 0x0A, 0x10, 'U', 'S', 2, 0, 3, 0};
+        unsigned char *at = b4 ? memmem(b4, n4, el, sizeof el) : NULL;
+        ML_CHECK(at != NULL);
+        if (at) at[8] = 5, write_all(p4, b4, n4);
+        free(b4);
+    }
+    w0 = g_warnings;
+    ML_CHECK_OK(ml_dicom_read(&v, p4, NULL));
+    ML_CHECK(g_warnings > w0 && strstr(g_last_warning, "3 x 3 tiles"));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 64 && v->data->shape[2] == 1);
+        ml_volume_release(v), v = NULL;
+    }
+    /* a series of two mosaics at the same place (fMRI volumes): 4-D [32, 32, 3, 2] */
+    char dir[600], a[700], b[700];
+    snprintf(dir, sizeof dir, "%s", tpath("mosaic_series"));
+    mkdir(dir, 0755);
+    snprintf(a, sizeof a, "%s/a.dcm", dir);
+    snprintf(b, sizeof b, "%s/b.dcm", dir);
+    char uid[72];
+    ml_dcm_new_uid(uid);
+    const char *k5[] = {"InstanceNumber", "SOPInstanceUID"};
+    const char *v5a[] = {"7"}, *v5b[] = {"8", uid};
+    ML_CHECK_OK(ml_dicom_edit_tags(src, a, 1, k5, v5a));
+    ML_CHECK_OK(ml_dicom_edit_tags(src, b, 2, k5, v5b));
+    ml_volume_release(ref), ref = NULL;
+    ML_CHECK_OK(ml_dicom_read(&v, dir, NULL));
+    if (v) {
+        ML_CHECK(v->data->ndim == 4 && v->data->shape[2] == 3 && v->data->shape[3] == 2);
+        ml_volume_release(v), v = NULL;
+    }
+    ml_dicom_series_info *info = NULL;
+    int ns = 0;
+    ML_CHECK_OK(ml_dicom_list_series(&info, &ns, dir, false));
+    ML_CHECK(ns == 1 && info && info[0].n_files == 2 && info[0].n_images == 6 && info[0].rows == 32 &&
+             info[0].cols == 32);
+    ml_dicom_series_free(info, ns);
+}
+
+/* the CSA (SV10) parser on hand-made and damaged buffers */
+ML_TEST(csa_header_parser) {
+    size_t n = 0;
+    unsigned char *b = read_all("tests/data/dicom/mosaic/mosaic_j2k.dcm", &n);
+    ML_CHECK(b != NULL);
+    if (!b) return;
+    const unsigned char *sv = memmem(b, n, "SV10", 4);
+    ML_CHECK(sv != NULL);
+    if (!sv) {
+        free(b);
+        return;
+    }
+    size_t len = n - (size_t)(sv - b);
+    double v[4];
+    ML_CHECK(ml_dicom_csa_numbers(sv, len, "NumberOfImagesInMosaic", v, 4) == 1 && v[0] == 35);
+    ML_CHECK(ml_dicom_csa_numbers(sv, len, "SliceNormalVector", v, 4) == 3);
+    ML_CHECK_NEAR(v[0], 0, 0);
+    ML_CHECK_NEAR(v[1], 0.10799944, 1e-12);
+    ML_CHECK_NEAR(v[2], 0.99415095, 1e-12);
+    ML_CHECK(ml_dicom_csa_numbers(sv, len, "NoSuchTag", v, 4) == 0);
+    /* every truncation of the header: no read past the end, never more values than it holds */
+    int okcount = 0;
+    for (size_t cut = 0; cut < 12000 && cut < len; cut += 7) {
+        unsigned char *c = malloc(cut ? cut : 1);
+        memcpy(c, sv, cut);
+        int k = ml_dicom_csa_numbers(c, cut, "SliceNormalVector", v, 4);
+        okcount += k == 3;
+        ML_CHECK(k >= 0 && k <= 3);
+        free(c);
+    }
+    ML_CHECK(okcount > 0);
+    ML_CHECK(ml_dicom_csa_numbers((const uint8_t *)"SV10", 4, "SliceNormalVector", v, 4) == 0);
+    ML_CHECK(ml_dicom_csa_numbers(NULL, 0, "SliceNormalVector", v, 4) == 0);
+    free(b);
+}
+
+/* RLE Lossless with BitsAllocated 1 (DICOM SEG), which DCMTK's codec refuses: our own decoder */
+ML_TEST(rle_one_bit_segmentation) {
+    const char *src = "tests/data/dicom/single/liver_rle.dcm";
+    ml_volume *v = NULL;
+    ML_CHECK_OK(ml_dicom_read(&v, src, NULL));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 512 && v->data->shape[2] == 3 && !strcmp(v->meta.modality, "SEG"));
+        ml_volume_release(v), v = NULL;
+    }
+    char p[512];
+    snprintf(p, sizeof p, "%s/dicom_transfer_syntax/misc/liver.dcm", SHARED);
+    if (exists(p)) { /* the same segmentation uncompressed */
+        ml_volume *u = NULL;
+        ML_CHECK_OK(ml_dicom_read(&v, src, NULL));
+        ML_CHECK_OK(ml_dicom_read(&u, p, NULL));
+        if (u && v) {
+            ML_CHECK(ml_t_maxdiff(u->data, v->data) == 0);
+            for (int q = 0; q < 16; q++) ML_CHECK_NEAR(u->affine[q], v->affine[q], 1e-9);
+        }
+        ml_volume_release(u), ml_volume_release(v), v = NULL;
+    }
+    /* damaged streams: the RLE header of the first frame (1 segment at offset 64) */
+    size_t n = 0;
+    unsigned char *b = read_all(src, &n);
+    ML_CHECK(b != NULL);
+    if (!b) return;
+    static const unsigned char hdr[8] = {1, 0, 0, 0, 64, 0, 0, 0};
+    unsigned char *h = memmem(b, n, hdr, 8);
+    ML_CHECK(h != NULL);
+    if (h) {
+        const char *q;
+        h[0] = 2;
+        write_all(q = tpath("rle_2seg.dcm"), b, n);
+        CHECK_READ_FAILS(q, ML_ERR_IO, q, "declares 2 segments");
+        h[0] = 1, h[5] = 0x70;
+        write_all(q = tpath("rle_offset.dcm"), b, n);
+        CHECK_READ_FAILS(q, ML_ERR_IO, q, "outside the");
+        h[5] = 0;
+        /* the segment cut short: a run of zero bytes instead of the PackBits stream */
+        memset(h + 64, 0x80, 40); /* -128: no-op codes */
+        write_all(q = tpath("rle_short.dcm"), b, n);
+        CHECK_READ_FAILS(q, ML_ERR_IO, q, "RLE Lossless stream corrupt");
+    }
+    free(b);
 }
 
 /* the always-present series: meta, native values, 4-D layout */
@@ -1090,6 +1369,10 @@ int main(void) {
     ML_RUN(golden_shared_single_files_every_syntax);
     ML_RUN(golden_debian_pydicom_test_files);
     ML_RUN(same_image_every_syntax_identical);
+    ML_RUN(mosaic_matches_dcm2niix);
+    ML_RUN(mosaic_sources_of_the_tile_count);
+    ML_RUN(csa_header_parser);
+    ML_RUN(rle_one_bit_segmentation);
     ML_RUN(small_series_meta_and_layout);
     ML_RUN(series_selection_and_listing);
     ML_RUN(assembler_sorts_by_position);

@@ -101,24 +101,56 @@ end)
 
 T.case("list_dicom_series and choosing a series", function()
   local list = V.list_dicom_series(DATA)
-  T.eq(#list, 3)
+  T.eq(#list, 6)
   local by = {}
-  for _, s in ipairs(list) do by[s.modality .. s.n_files] = s end
-  T.ok(by.CT3 and by.MR30 and by.MR2, "CT (3 files), EPI (30 files), the two enhanced MR files")
-  T.eq(by.CT3.rows, 512)
-  T.eq(by.CT3.columns, 512)
-  T.eq(by.CT3.transfer_syntax, "1.2.840.10008.1.2.4.90")
-  T.ok(by.CT3.transfer_syntax_name:find("JPEG 2000"), by.CT3.transfer_syntax_name)
-  T.eq(by.MR30.n_images, 30)
-  T.eq(by.MR2.n_images, 20)
-  T.ok(by.MR30.first_file:find("epi4d/", 1, true))
-  -- the largest series by default, another one by UID
-  T.eq(V.read_dicom(DATA).shape, {64, 64, 15, 2})
-  local e = V.read_dicom(DATA, {series_uid = by.MR2.series_uid})
+  for _, s in ipairs(list) do by[s.first_file:match("[^/]+$")] = s end
+  local ct, epi = by["CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016573"],
+    by["axial_epi_fmri_interleaved_i_to_s-00001.dcm"]
+  local emr, mosaic, tiny, seg = by["emri_small_RLE.dcm"], by["mosaic_j2k.dcm"], by["tiny_mosaic.dcm"], by["liver_rle.dcm"]
+  T.ok(ct and epi and emr and mosaic and tiny and seg,
+    "CT (3 files), EPI (30 files), the two enhanced MR files, two Siemens mosaics, a SEG")
+  T.eq(ct.n_files, 3)
+  T.eq(ct.rows, 512)
+  T.eq(ct.columns, 512)
+  T.eq(ct.transfer_syntax, "1.2.840.10008.1.2.4.90")
+  T.ok(ct.transfer_syntax_name:find("JPEG 2000"), ct.transfer_syntax_name)
+  T.eq(epi.n_files, 30)
+  T.eq(epi.n_images, 30)
+  T.eq(emr.n_files, 2)
+  T.eq(emr.n_images, 20)
+  T.ok(epi.first_file:find("epi4d/", 1, true))
+  -- a mosaic counts its tiles as images, of the tiles' size
+  T.eq({mosaic.n_files, mosaic.n_images, mosaic.rows, mosaic.columns}, {1, 35, 64, 64})
+  T.eq({tiny.n_files, tiny.n_images, tiny.rows, tiny.columns}, {1, 3, 32, 32})
+  T.eq({seg.modality, seg.n_images}, {"SEG", 3})
+  -- the largest series by default (the 35-slice mosaic), another one by UID
+  T.eq(V.read_dicom(DATA).shape, {64, 64, 35})
+  T.eq(V.read_dicom(DATA, {series_uid = epi.series_uid}).shape, {64, 64, 15, 2})
+  local e = V.read_dicom(DATA, {series_uid = emr.series_uid})
   T.eq(e.shape, {64, 64, 20}) -- two files of the same 10 frames, no positions: stacked
   T.raises(function() V.read_dicom(DATA, {series_uid = "9.9.9"}) end, "no series with SeriesInstanceUID 9.9.9")
   T.eq(#V.list_dicom_series(DATA, {recursive = false}), 0)
   T.raises(function() V.read_dicom(DATA, {recursive = false}) end, "no DICOM images found")
+end)
+
+T.case("Siemens mosaic: tiles as slices, geometry as dcm2niix (tests/data/dicom/mosaic/ref_dcm2niix.nii.gz)", function()
+  local v = V.read_dicom(DATA .. "/mosaic/mosaic_j2k.dcm")
+  T.eq(v.shape, {64, 64, 35})
+  T.eq(sum(v), 38036663)
+  local ref = V.read_nifti(DATA .. "/mosaic/ref_dcm2niix.nii.gz")
+  T.eq(ref.shape, {64, 64, 35})
+  -- dcm2niix stores the rows bottom-up: flipping its second axis gives our voxel order
+  local f = ref:flip(1)
+  affine_near(affine_table(v), affine_table(f), 1e-3)
+  T.ok(v.data:equal(f.data), "pixels equal dcm2niix's")
+end)
+
+T.case("RLE Lossless with 1 bit allocated (DICOM SEG) decodes like the uncompressed bits", function()
+  local v = V.read_dicom(DATA .. "/single/liver_rle.dcm")
+  T.eq(v.shape, {512, 512, 3})
+  T.eq(v.modality, "SEG")
+  T.eq(sum(v), 107098) -- tests/ref/dicom_ref.json, case data_liver_rle.dcm
+  T.eq(v.data:select(2, 0):double():sum():item(), 36233)
 end)
 
 T.case("options are checked", function()

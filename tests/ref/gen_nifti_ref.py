@@ -5,7 +5,10 @@
     bench/venv/bin/python tests/ref/gen_nifti_ref.py --make-data  # (re)makes tests/data/nifti/made/*
     bench/venv/bin/python tests/ref/gen_nifti_ref.py --check-written DIR
                                                    # nibabel reads the files medlua wrote into DIR
-(/usr/bin/python3 with Debian's python3-nibabel works too; the JSON records the nibabel version.)
+(/usr/bin/python3 with Debian's python3-nibabel works too; the JSON records the nibabel version. The
+committed JSON is from nibabel 5.4 in bench/venv: Debian bookworm's nibabel 5.0 turns the near-180-degree
+qform of made/n1_qform_near180.nii and made/bad_codes.nii into an affine 1e-3 off (its quaternion
+completion in float32); every other entry, the Debian test files included, is the same from both.)
 
 Files covered (each is loaded with nibabel; files nibabel cannot read, and images that are not
 NIfTI-1/2 - Analyze, CIFTI - are skipped and listed):
