@@ -44,3 +44,9 @@ echo; echo "== volumes: resample 512x512x300 to 1.5 mm vs SimpleITK"
 bash bench/bench_resample.sh
 echo; echo "== data loading (MONAI-style pipeline, 2 workers) vs MONAI DataLoader"
 bash bench/bench_loader.sh
+
+echo; echo "== sliding-window inference, 512x512x300 volume, MONAI-shaped U-Net, roi 96^3, sw_batch 4, overlap 0.25, gaussian"
+m=$("$BUILD/medlua" bench/sliding_window.lua --threads "$THREADS"); echo "$m"
+t=$(OMP_NUM_THREADS=$THREADS "$PY" bench/sliding_window.py --threads "$THREADS"); echo "$t"
+echo "ratio total time medlua/monai: $(ratio "$(field total_s "$m")" "$(field total_s "$t")")"
+echo "ratio peak RSS   medlua/monai: $(ratio "$(field peak_rss_mb "$m")" "$(field peak_rss_mb "$t")")"

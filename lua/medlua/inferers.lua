@@ -162,6 +162,32 @@ local function activate(y, act)
   fail("activation must be nil, \"softmax\" or \"sigmoid\", got %s", tostring(act))
 end
 
+-- divide out by the summed window weights (the same for every batch item), a slab of the first spatial
+-- dim at a time: the sums live in one slab-sized buffer instead of a volume-sized map (MONAI's count
+-- map), which saves that memory and its first-touch cost; each voxel's weights are added in window
+-- order, so the sums are the same numbers
+local function normalize(out, starts, roi, wexp, psz, dtype)
+  local nsp = #psz
+  local C = math.min(psz[1], roi[1])
+  local bsz = {1, 1, C}
+  for i = 2, nsp do bsz[i + 2] = psz[i] end
+  local buf = medlua.empty(bsz, {dtype = dtype})
+  for a = 0, psz[1] - 1, C do
+    local len = math.min(C, psz[1] - a)
+    local cb = buf:narrow(2, 0, len)
+    cb:zero_()
+    for _, st in ipairs(starts) do
+      local lo, hi = math.max(st[1], a), math.min(st[1] + roi[1], a + len)
+      if lo < hi then
+        local cv = cb:narrow(2, lo - a, hi - lo)
+        for i = 2, nsp do cv = cv:narrow(i + 1, st[i], roi[i]) end
+        cv:add_(wexp:narrow(2, lo - st[1], hi - lo))
+      end
+    end
+    out:narrow(2, a, len):div_(cb)
+  end
+end
+
 -- one pass (no TTA): blend the windows of x. As MONAI, the windows of all batch items form one list
 -- (item-major) that is cut into predictor batches of sw_batch_size, so a batch may hold windows of two
 -- items; the output and the summed weights are in the compute dtype (float64 for float64 input, else
@@ -193,15 +219,6 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
   local wexp = wmap:view(1, 1, table.unpack(roi)):to(dtype)
   local nwin = #starts
   local total = nwin * B
-  -- summed weights (the same for every batch item)
-  local csz = {1, 1}
-  for i = 1, nsp do csz[i + 2] = psz[i] end
-  local count = medlua.zeros(csz, {dtype = dtype})
-  for w = 1, nwin do
-    local cv, st = count, starts[w]
-    for i = 1, nsp do cv = cv:narrow(i + 1, st[i], roi[i]) end
-    cv:add_(wexp)
-  end
   -- window g (0-based, item-major) -> batch item, start
   local function window(g) return g // nwin, starts[g % nwin + 1] end
   local out
@@ -231,6 +248,8 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
       end
     end
     batch = nil
+    -- own: y is a tensor made here (activation, cast), not the predictor's, so it may be scaled in place
+    local own = o.activation ~= nil
     y = activate(y, o.activation)
     if not out then
       local osz = {B, ys[2]}
@@ -239,8 +258,8 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
     elseif ys[2] ~= out:size(1) then
       fail("the predictor returned %d channels for one window batch and %d for another", ys[2], out:size(1))
     end
-    if y.dtype ~= dtype then y = y:to(dtype) end
-    y = y * wexp
+    if y.dtype ~= dtype then y, own = y:to(dtype), true end
+    if own then y:mul_(wexp) else y = y * wexp end
     for j = 0, n - 1 do
       local b, st = window(g + j)
       local ov = out:narrow(0, b, 1)
@@ -251,7 +270,7 @@ local function one_pass(x, roi, sw, pred, o, wmap, report)
     g = g + n
     if report then report(n) end
   end
-  out:div_(count)
+  normalize(out, starts, roi, wexp, psz, dtype)
   if padded then
     for i = 1, nsp do
       local lo = pads[2 * (nsp - i) + 1]

@@ -125,7 +125,16 @@ T.case("identity predictor reproduces the input (2-D, 3-D, padding, gaussian/con
     local y32 = swi(x32, s.roi, s.sw, id, {mode = s.mode, overlap = s.ov})
     T.eq(y32.dtype, "float32")
     T.near(y32, x32, 1e-5, T.fmt(s.shape) .. " float32")
+    -- a float32 predictor on a float64 input: the result is float64 (the input's dtype, as MONAI)
+    local yc = swi(x, s.roi, s.sw, function(t) return t:float() end, {mode = s.mode, overlap = s.ov})
+    T.eq(yc.dtype, "float64")
+    T.near(yc, x, 1e-5, T.fmt(s.shape) .. " float32 predictor")
   end
+  -- the predictor's output is not modified (the weights are applied to a copy)
+  local x = medlua.randn({1, 1, 9, 9}, {dtype = "float64"})
+  local seen = {}
+  swi(x, {4, 4}, 2, function(t) local y = t * 1; seen[#seen + 1] = {y, y:clone()}; return y end, {mode = "gaussian"})
+  for _, p in ipairs(seen) do T.near(p[1], p[2], 0) end
 end)
 
 T.case("tta_flips with a flip-equivariant predictor equals no TTA", function()
