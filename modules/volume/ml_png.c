@@ -255,7 +255,11 @@ ml_err ml_png_write(const char *path, const ml_tensor *img, int bits) {
     unsigned char *buf;
     size_t n;
     ml_err e = ml_png_encode(img, bits, &buf, &n);
-    if (e) return ml_seterr(e, "%s (writing %s)", ml_errmsg(), path);
+    if (e) { /* the message names the file; copied first: ml_seterr formats into ml_errmsg()'s buffer */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", ml_errmsg());
+        return ml_seterr(e, "png: %s: %s", path, strncmp(msg, "png: ", 5) ? msg : msg + 5);
+    }
     e = ml_write_file_atomic("png", path, buf, n);
     free(buf);
     return e;

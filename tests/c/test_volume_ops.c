@@ -6,7 +6,11 @@
  * components on hand-made cases (connectivity, ties, label subsets); results do not depend on the
  * thread count; every error code and message; no leaked tensors. */
 #include "ml_test.h"
+#include "volume/ml_png.h"
 #include "volume/ml_volume_ops.h"
+
+#include <unistd.h>
+#include <zlib.h>
 
 /* ------------------------------------------------------------------ helpers */
 static ml_tensor *new_t(ml_dtype dt, int64_t X, int64_t Y, int64_t Z) {
@@ -623,6 +627,136 @@ ML_TEST(crop_to_bbox_grid_checks) {
     ml_volume_release(img);
 }
 
+/* ------------------------------------------------------------------ 16-bit PNG */
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* the file decoded by hand (chunks, zlib, filter bytes), independently of the reader: samples
+ * big-endian as PNG stores them; returns the IHDR bit depth / colour type and the samples (malloc'd) */
+static uint16_t *png16_by_hand(const char *path, int *w, int *h, int *depth, int *ctype) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)n), *z = malloc((size_t)n);
+    size_t zn = 0;
+    bool ok = b && z && fread(b, 1, (size_t)n, f) == (size_t)n && n > 33 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8);
+    fclose(f);
+    for (long pos = 8; ok && pos + 12 <= n;) {
+        uint32_t len = be32(b + pos);
+        const unsigned char *type = b + pos + 4, *d = b + pos + 8;
+        if (pos + 12 + (long)len > n) ok = false;
+        else if (!memcmp(type, "IHDR", 4)) *w = (int)be32(d), *h = (int)be32(d + 4), *depth = d[8], *ctype = d[9];
+        else if (!memcmp(type, "IDAT", 4)) memcpy(z + zn, d, len), zn += len;
+        else if (!memcmp(type, "IEND", 4)) break;
+        pos += 12 + (long)len;
+    }
+    uint16_t *out = NULL;
+    if (ok) {
+        int ch = *ctype == 0 ? 1 : *ctype == 4 ? 2 : *ctype == 2 ? 3 : 4;
+        uLongf rn = (uLongf)(*h) * (uLongf)(1 + (size_t)(*w) * (size_t)ch * 2);
+        unsigned char *raw = malloc(rn);
+        out = malloc((size_t)(*w) * (size_t)(*h) * (size_t)ch * sizeof *out);
+        if (raw && out && uncompress(raw, &rn, z, (uLong)zn) == Z_OK &&
+            rn == (uLongf)(*h) * (uLongf)(1 + (size_t)(*w) * (size_t)ch * 2)) {
+            for (int y = 0; y < *h && out; y++) {
+                const unsigned char *row = raw + (size_t)y * (1 + (size_t)(*w) * (size_t)ch * 2);
+                if (row[0] != 0) { /* the writer uses filter 0 (None) on every row */
+                    free(out), out = NULL;
+                    break;
+                }
+                for (int i = 0; i < *w * ch; i++)
+                    out[(size_t)y * (size_t)(*w) * (size_t)ch + (size_t)i] = (uint16_t)(row[1 + 2 * i] << 8 | row[2 + 2 * i]);
+            }
+        } else {
+            free(out), out = NULL;
+        }
+        free(raw);
+    }
+    free(b);
+    free(z);
+    return out;
+}
+
+ML_TEST(png_16bit_write_read_exact) {
+    char dir[] = "/tmp/ml_png16_XXXXXX";
+    if (!mkdtemp(dir)) {
+        ML_FAIL_("mkdtemp failed");
+        return;
+    }
+    char path[128];
+    /* [H, W] gray, [H, W, 3] RGB, [H, W, 4] RGBA; odd sizes; 0, 1, 255, 256, 65534, 65535 and a
+     * pseudo-random spread; int32, float32 and a transposed (non-contiguous) view as input */
+    const int64_t H = 37, W = 53;
+    for (int c = 1; c <= 4; c++) {
+        if (c == 2) continue;
+        int64_t sh[3] = {H, W, c};
+        ml_tensor *img = NULL;
+        ML_CHECK_OK(ml_tensor_empty(&img, c == 3 ? ML_F32 : ML_I32, c == 1 ? 2 : 3, sh));
+        if (!img) return;
+        int64_t nel = H * W * c;
+        uint32_t seed = 12345u + (uint32_t)c;
+        for (int64_t i = 0; i < nel; i++) {
+            static const int fixed[6] = {0, 1, 255, 256, 65534, 65535};
+            seed = seed * 1664525u + 1013904223u;
+            double v = i < 6 ? fixed[i] : (double)(seed >> 16);
+            ml_store_elem(img->storage->data, (ml_dtype)img->dtype, img->offset + i, v);
+        }
+        snprintf(path, sizeof path, "%s/img%d.png", dir, c);
+        ML_CHECK_OK(ml_png_write(path, img, 16));
+        int w = 0, h = 0, depth = 0, ctype = -1;
+        uint16_t *hand = png16_by_hand(path, &w, &h, &depth, &ctype);
+        ML_CHECK(hand != NULL && w == W && h == H && depth == 16 && ctype == (c == 1 ? 0 : c == 3 ? 2 : 6));
+        ml_tensor *back = NULL;
+        ML_CHECK_OK(ml_png_read(&back, path));
+        if (back && hand) {
+            ML_CHECK(back->dtype == ML_I32 && back->ndim == (c == 1 ? 2 : 3) && back->shape[0] == H &&
+                     back->shape[1] == W && (c == 1 || back->shape[2] == c));
+            ml_tensor *bc = NULL;
+            ML_CHECK_OK(ml_contiguous(&bc, back));
+            const int32_t *bd = bc ? ml_tensor_data(bc) : NULL;
+            int64_t bad = 0;
+            for (int64_t i = 0; bd && i < nel; i++) {
+                double want = ml_load_elem(img->storage->data, (ml_dtype)img->dtype, img->offset + i);
+                if (bd[i] != (int32_t)want || hand[i] != (uint16_t)want) bad++;
+            }
+            if (bad) ML_FAIL_("16-bit PNG with %d channel(s): %lld of %lld samples differ", c, (long long)bad, (long long)nel);
+            ml_tensor_release(bc);
+        }
+        free(hand);
+        ml_tensor_release(back);
+        if (c == 1) { /* the transposed view [W, H] is written in its own (logical) order */
+            int perm[2] = {1, 0};
+            ml_tensor *tv = NULL, *b2 = NULL;
+            ML_CHECK_OK(ml_permute(&tv, img, perm));
+            snprintf(path, sizeof path, "%s/img_t.png", dir);
+            ML_CHECK_OK(ml_png_write(path, tv, 16));
+            ML_CHECK_OK(ml_png_read(&b2, path));
+            if (b2 && tv) ML_CHECK(b2->shape[0] == W && b2->shape[1] == H && ml_t_maxdiff(b2, tv) == 0);
+            ml_tensor_release(b2);
+            ml_tensor_release(tv);
+        }
+        ml_tensor_release(img);
+    }
+    /* out of range: an error naming the file, nothing written */
+    int64_t sh2[2] = {2, 2};
+    float bad1[4] = {0, 1, 65536, 3}, bad2[4] = {0, -1, 2, 3};
+    ml_tensor *t1 = NULL, *t2 = NULL;
+    ML_CHECK_OK(ml_tensor_from_data(&t1, ML_F32, 2, sh2, bad1));
+    ML_CHECK_OK(ml_tensor_from_data(&t2, ML_F32, 2, sh2, bad2));
+    snprintf(path, sizeof path, "%s/bad.png", dir);
+    ml_t_expect_err(ml_png_write(path, t1, 16), ML_ERR_ARG, path, "65535", "above the 16-bit range");
+    ml_t_expect_err(ml_png_write(path, t2, 16), ML_ERR_ARG, path, "65535", "below the 16-bit range");
+    ML_CHECK(access(path, F_OK) != 0);
+    ml_tensor_release(t1);
+    ml_tensor_release(t2);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ML_CHECK(system(cmd) == 0);
+}
+
 int main(void) {
     ml_manual_seed(1234);
     ML_RUN(reorient_all_48_orientations_keep_world_positions);
@@ -640,5 +774,6 @@ int main(void) {
     ML_RUN(largest_component_across_thread_slabs);
     ML_RUN(bbox_and_label_stats);
     ML_RUN(crop_to_bbox_grid_checks);
+    ML_RUN(png_16bit_write_read_exact);
     return ml_test_summary();
 }
