@@ -290,7 +290,9 @@ function M.sliding_window_inference(x, roi_size, sw_batch_size, predictor, opts)
   for k in pairs(o) do if not allowed[k] then fail("unknown option '%s'", tostring(k)) end end
   if not medlua.is_tensor(x) then fail("inputs must be a tensor [B, C, spatial...], got %s", type(x)) end
   local nd = x:dim()
-  if nd < 3 or nd > 5 then fail("inputs must be [B, C, spatial...] with 1-3 spatial dims, got %s", shape_str(x:size())) end
+  if nd < 3 or nd > 5 then
+    fail("inputs must be [B, C, spatial...] with 1-3 spatial dims, got %s", shape_str(x:size()))
+  end
   local nsp = nd - 2
   local roi = as_roi(roi_size, x)
   sw_batch_size = sw_batch_size or 1
@@ -306,14 +308,30 @@ function M.sliding_window_inference(x, roi_size, sw_batch_size, predictor, opts)
     fail("overlap must be in [0, 1), got %s", tostring(ov))
   end
   if predictor == nil then fail("a predictor is required") end
-  local wmap = M.importance_map(roi, o.mode or "constant", o.sigma_scale)
+  local ss = o.sigma_scale
+  if ss ~= nil then
+    local list = type(ss) == "table" and ss or nil
+    if (list and #list ~= nsp) or (not list and type(ss) ~= "number") then
+      fail("sigma_scale must be a number or a list of %d numbers, got %s", nsp,
+        list and (#list .. " values") or tostring(ss))
+    end
+    for i = 1, list and nsp or 1 do
+      local v = list and list[i] or ss
+      if type(v) ~= "number" or not (v > 0) then
+        fail("sigma_scale values must be positive numbers, got %s", tostring(v))
+      end
+    end
+  end
+  local wmap = M.importance_map(roi, o.mode or "constant", ss)
   local flips = {{}}
   if o.tta_flips == true then
     for i = 0, nsp - 1 do flips[#flips + 1] = {i} end
   elseif type(o.tta_flips) == "table" then
     for _, f in ipairs(o.tta_flips) do
       for _, a in ipairs(f) do
-        if math.type(a) ~= "integer" or a < 0 or a >= nsp then fail("tta_flips: axis %s is not a spatial axis 0..%d", tostring(a), nsp - 1) end
+        if math.type(a) ~= "integer" or a < 0 or a >= nsp then
+          fail("tta_flips: axis %s is not a spatial axis 0..%d", tostring(a), nsp - 1)
+        end
       end
       flips[#flips + 1] = f
     end

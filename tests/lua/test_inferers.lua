@@ -242,6 +242,10 @@ T.case("bad input: clear errors naming sliding_window_inference", function()
   bad(function() return swi(x, 4, 1, nil) end, "a predictor is required")
   bad(function() return swi(x, 4, 1, id, {mode = "gauss"}) end, "mode must be \"constant\" or \"gaussian\"")
   bad(function() return swi(x, 4, 1, id, {activation = "relu"}) end, "activation must be")
+  bad(function() return swi(x, 4, 1, id, {mode = "gaussian", sigma_scale = {0.1, 0.2}}) end,
+    "sigma_scale must be a number or a list of 3 numbers, got 2 values")
+  bad(function() return swi(x, 4, 1, id, {mode = "gaussian", sigma_scale = 0}) end,
+    "sigma_scale values must be positive")
   bad(function() return swi(x, 4, 1, id, {tta_flips = {{3}}}) end, "tta_flips: axis 3 is not a spatial axis")
   bad(function() return swi(x, 4, 1, id, {overlapp = 0.5}) end, "unknown option 'overlapp'")
   bad(function() return swi(x, 4, 1, id, 0.5) end, "options must be a table")
