@@ -115,10 +115,11 @@ DcmElement *private_element(DcmItem *it, Uint16 group, const char *creator, Uint
     return NULL;
 }
 
-// the bytes of an OB / UN (or other byte-string) element
-bool element_bytes(DcmElement *e, const Uint8 **data, size_t *len) {
+// the bytes of an OB / UN (or other byte-string) element of at most maxlen bytes (checked before
+// DCMTK loads a lazily read value: a damaged length must not become a huge allocation)
+bool element_bytes(DcmElement *e, const Uint8 **data, size_t *len, Uint32 maxlen) {
     Uint8 *b = NULL;
-    if (e->getUint8Array(b).good() && b) {
+    if (e->getLength() <= maxlen && e->getUint8Array(b).good() && b) {
         *data = b;
         *len = e->getLength();
         return true;
@@ -385,12 +386,12 @@ int ml_dcm_read_header(ml_dcm_file *f, ml_dcm_header *h, char *err, size_t errle
                 const Uint8 *b = NULL;
                 size_t n = 0;
                 if (e->getUint16(v).good()) h->siemens_mosaic_n = v;
-                else if (element_bytes(e, &b, &n) && n >= 2) h->siemens_mosaic_n = b[0] | (b[1] << 8);
+                else if (element_bytes(e, &b, &n, 64) && n >= 2) h->siemens_mosaic_n = b[0] | (b[1] << 8);
             }
             if (DcmElement *e = private_element(ds, 0x0029, "SIEMENS CSA HEADER", 0x10)) {
                 const Uint8 *b = NULL;
                 size_t n = 0;
-                if (element_bytes(e, &b, &n) && n > 0 && n < (64u << 20)) {
+                if (element_bytes(e, &b, &n, 16u << 20) && n > 0) {
                     h->csa_image = (uint8_t *)malloc(n);
                     if (h->csa_image) memcpy(h->csa_image, b, n), h->csa_image_len = n;
                 }
