@@ -81,7 +81,7 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/ml_test.h $(BUILD)/libmedlua.a
 
 run: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
-	$(BUILD)/medlua recipes/demo_train.lua
+	$(BUILD)/medlua recipes/train_unet.lua
 
 test: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(CTEST_BIN)

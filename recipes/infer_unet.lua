@@ -31,6 +31,7 @@ local args = cli.parse(arg, {
   {"--sw-batch-size", 0, "windows per forward pass (0 = as trained)"},
   {"--overlap", -1.0, "sliding-window overlap (-1 = as trained, MONAI default 0.25)"},
   {"--blend", "", "window blending: gaussian or constant ('' = as trained)"},
+  {"--postprocess", "", "largest_foreground, largest_per_class or none ('' = as trained)"},
   {"--overlay", true, "also write an overlay PNG per case (with --label: image | GT | prediction)"},
   {"--threads", 0, "compute threads (0 = all cores)"},
 })
@@ -61,6 +62,12 @@ end
 if args.blend ~= "" then
   if args.blend ~= "gaussian" and args.blend ~= "constant" then die("--blend must be gaussian or constant") end
   cfg.blend = args.blend
+end
+if args.postprocess ~= "" then
+  if args.postprocess ~= "none" and args.postprocess ~= "largest_foreground" and args.postprocess ~= "largest_per_class" then
+    die("--postprocess must be largest_foreground, largest_per_class or none")
+  end
+  cfg.postprocess = args.postprocess
 end
 local lm = cfg.labels
 

@@ -44,19 +44,24 @@ local args = cli.parse(arg, {
   {"--a-max", 1500, "intensity mapped to 1 (HU)"},
   {"--roi", "64", "patch size: one number or x,y,z (multiples of 16)"},
   {"--batch-size", 2, "patches per step (RandCropByPosNegLabel num_samples)"},
-  {"--steps", 700, "optimizer steps"},
+  {"--steps", 1200, "optimizer steps"},
   {"--lr", 1e-3, "Adam learning rate"},
   {"--weight-decay", 1e-5, "Adam weight decay"},
+  {"--sched", "poly", "learning-rate schedule per step: poly (nnU-Net, power 0.9), cosine or none"},
+  {"--postprocess", "largest_foreground", "on predictions: largest_foreground (largest connected component of "
+    .. "all classes together), largest_per_class or none"},
   {"--channels", "16,32,64,128,256", "UNet channels"},
   {"--strides", "2,2,2,2", "UNet strides"},
   {"--num-res-units", 2, "UNet residual units"},
   {"--norm", "batch", "UNet norm: batch, instance or none"},
-  {"--val-every", 100, "validate every N steps"},
+  {"--val-every", 200, "validate every N steps"},
   {"--sw-batch-size", 2, "windows per forward pass in validation/inference"},
   {"--overlap", 0.25, "sliding-window overlap"},
   {"--workers", 2, "data loader worker threads"},
+  {"--affine-prob", 0.3, "probability of a random rotation (+-15 deg axial, +-6 deg other) and scaling (+-10%)"},
   {"--seed", 0, "random seed (same seed, same run)"},
   {"--threads", 0, "compute threads (0 = all cores)"},
+  {"--early-stop", 0, "stop after this many validations without improvement (0 = never)"},
   {"--time-limit", 0, "stop training after this many minutes (0 = no limit)"},
   {"--tta", false, "flip test-time augmentation in the final evaluation"},
   {"--out", "out/unet_spine", "output folder: checkpoints, logs, curves, predictions, overlays"},
@@ -166,7 +171,7 @@ end
 local cfg = {
   spacing = numbers(args.spacing, 3, "spacing"), a_min = args.a_min, a_max = args.a_max,
   roi = ints(args.roi, "roi"), labels = lm, sw_batch_size = math.tointeger(args.sw_batch_size),
-  overlap = args.overlap, blend = "gaussian",
+  overlap = args.overlap, blend = "gaussian", postprocess = args.postprocess,
   model = {channels = ints(args.channels, "channels"), strides = ints(args.strides, "strides"),
     num_res_units = math.tointeger(args.num_res_units), norm = args.norm},
 }
@@ -175,6 +180,9 @@ if #cfg.roi ~= 3 then die("--roi: expected one number or x,y,z") end
 if #cfg.model.strides ~= #cfg.model.channels - 1 then
   die(string.format("--strides has %d entries; --channels has %d, so %d are needed", #cfg.model.strides,
     #cfg.model.channels, #cfg.model.channels - 1))
+end
+if args.postprocess ~= "none" and args.postprocess ~= "largest_foreground" and args.postprocess ~= "largest_per_class" then
+  die("--postprocess must be largest_foreground, largest_per_class or none, got " .. args.postprocess)
 end
 if args.a_max <= args.a_min then die("--a-max must be larger than --a-min") end
 local ok_roi, e_roi = pcall(seg.check_roi, cfg)
@@ -237,6 +245,8 @@ local tf = T.Compose{
   T.SpatialPadd{keys = {"image", "label"}, spatial_size = cfg.roi},
   T.RandCropByPosNegLabeld{keys = {"image", "label"}, label_key = "label", spatial_size = cfg.roi, pos = 1, neg = 1,
     num_samples = math.tointeger(args.batch_size), image_key = "image", image_threshold = 0},
+  T.RandAffined{keys = {"image", "label"}, prob = args.affine_prob, rotate_range = {0.1, 0.1, 0.26},
+    scale_range = {0.1, 0.1, 0.1}, mode = {"bilinear", "nearest"}, padding_mode = "border"},
   T.RandFlipd{keys = {"image", "label"}, prob = 0.5, spatial_axis = 0},
   T.RandScaleIntensityd{keys = "image", factors = 0.1, prob = 0.5},
   T.RandShiftIntensityd{keys = "image", offsets = 0.1, prob = 0.5},
@@ -261,6 +271,14 @@ print(string.format("UNet channels %s strides %s res units %d, %s norm: %d param
   table.concat(cfg.model.strides, "-"), cfg.model.num_res_units, cfg.model.norm, nparams))
 local loss_fn = losses.DiceCELoss{to_onehot_y = true, softmax = true}
 local opt = optim.Adam(net:parameters(), {lr = args.lr, weight_decay = args.weight_decay})
+local scheduler
+if args.sched == "poly" then
+  scheduler = optim.PolyLR(opt, {total_iters = math.tointeger(args.steps), power = 0.9})
+elseif args.sched == "cosine" then
+  scheduler = optim.CosineAnnealingLR(opt, {T_max = math.tointeger(args.steps)})
+elseif args.sched ~= "none" then
+  die("--sched must be poly, cosine or none, got " .. args.sched)
+end
 
 local out = args.out
 log.mkdir_p(out, "train_unet")
@@ -282,7 +300,7 @@ local function validate(model)
   local rows_all = {}
   for _, c in ipairs(val_cases) do
     local probs = seg.predict_probs(model, c.x, cfg)
-    local pred = c.x:with_data(probs:argmax(0):byte())
+    local pred = seg.postprocess(c.x:with_data(probs:argmax(0):byte()), cfg.postprocess)
     local rows = seg.evaluate(pred, c.y, lm, {hd95 = false})
     for k, r in ipairs(rows) do
       rows_all[k] = rows_all[k] or {}
@@ -305,10 +323,12 @@ end
 local deadline = args.time_limit > 0 and (t_start + args.time_limit * 60) or nil
 local summary = train.fit{
   model = net, optimizer = opt, loss_fn = loss_fn, train_loader = loader,
+  scheduler = scheduler, scheduler_step = scheduler and "step" or nil,
   steps = math.tointeger(args.steps), steps_per_epoch = steps_per_epoch,
   val_fn = #val_cases > 0 and function(model) return validate(model) end or nil,
   val_every_steps = #val_cases > 0 and math.tointeger(args.val_every) or nil,
   monitor = #val_cases > 0 and "val_dice" or "train_loss", mode = #val_cases > 0 and "max" or "min",
+  early_stop_patience = args.early_stop > 0 and math.tointeger(args.early_stop) or nil,
   out_dir = out, resume = args.resume, seed = math.tointeger(args.seed), quiet = args.quiet,
   on_step = deadline and function() return medlua.clock() < deadline end or nil,
   name = "train_unet",

@@ -167,6 +167,9 @@ function M.predict_probs(net, xv, cfg, opts)
   net:eval()
   local p = inferers.sliding_window_inference(x, cfg.roi, cfg.sw_batch_size or 2, net, {
     overlap = cfg.overlap or 0.25, mode = cfg.blend or "gaussian", activation = "softmax",
+    -- a volume thinner than the ROI (a 20-slice series) is padded with its edge slices, not with a
+    -- constant: zero-padding shows the network an air slab it never saw in training
+    padding_mode = cfg.padding_mode or "replicate",
     tta_flips = opts.tta and true or false, progress = opts.progress})
   if was_training then net:train() end
   return p:select(0, 0)
@@ -190,7 +193,30 @@ function M.predict(net, image, cfg, opts)
   local lab = st:argmax(0):byte()
   local out = image:with_data(lab)
   out.is_label = true
+  out = M.postprocess(out, opts.postprocess == nil and cfg.postprocess or opts.postprocess)
   return out, opts.keep_probs and st or nil
+end
+
+--- seg.postprocess(pred Volume, how) -> Volume
+---   "largest_foreground": keep the largest 26-connected component of all foreground classes together
+---     (structures that touch, like vertebrae and the spinal cord in its canal, stay; islands elsewhere,
+---     like a humerus taken for a vertebra, go); "largest_per_class": the largest component of each class
+---     (MONAI's KeepLargestConnectedComponent); "none" (or nil): unchanged.
+function M.postprocess(pred, how)
+  if how == nil or how == "none" then return pred end
+  if how == "largest_per_class" then
+    local out = pred:largest_component(26)
+    out.is_label = true
+    return out
+  end
+  if how ~= "largest_foreground" then
+    fail("postprocess must be none, largest_foreground or largest_per_class, got %s", tostring(how))
+  end
+  local fg = pred:with_data(pred.data:gt(0):byte())
+  local keep = fg:largest_component(26).data
+  local out = pred:with_data(pred.data * keep)
+  out.is_label = true
+  return out
 end
 
 --- seg.evaluate(pred Volume, gt Volume, lm, opts) -> rows {name, index, dice, hd95, gt_ml, pred_ml}
