@@ -328,7 +328,7 @@ const luaL_Reg ml_lua_volume_core_funcs[] = {
 
 static const luaL_Reg *const all_lists[] = {ml_lua_volume_core_funcs, ml_lua_volume_nifti_funcs,
                                             ml_lua_volume_dicom_funcs, ml_lua_volume_ops_funcs,
-                                            ml_lua_volume_png_funcs, NULL};
+                                            ml_lua_volume_png_funcs, ml_lua_volume_mesh_funcs, NULL};
 
 int ml_lua_open_volume(lua_State *L) {
     int mod = lua_gettop(L);

@@ -40,6 +40,7 @@ extern const luaL_Reg ml_lua_volume_nifti_funcs[];
 extern const luaL_Reg ml_lua_volume_dicom_funcs[];
 extern const luaL_Reg ml_lua_volume_ops_funcs[];
 extern const luaL_Reg ml_lua_volume_png_funcs[];
+extern const luaL_Reg ml_lua_volume_mesh_funcs[]; /* volume_mesh_lua.c: mesh, _mesh_native */
 
 /* adds medlua._volume to the medlua table on top of the stack */
 int ml_lua_open_volume(lua_State *L);
