@@ -50,3 +50,6 @@ m=$("$BUILD/medlua" bench/sliding_window.lua --threads "$THREADS"); echo "$m"
 t=$(OMP_NUM_THREADS=$THREADS "$PY" bench/sliding_window.py --threads "$THREADS"); echo "$t"
 echo "ratio total time medlua/monai: $(ratio "$(field total_s "$m")" "$(field total_s "$t")")"
 echo "ratio peak RSS   medlua/monai: $(ratio "$(field peak_rss_mb "$m")" "$(field peak_rss_mb "$t")")"
+echo; echo "== end-to-end training: recipes/train_unet.lua vs MONAI, same task/config/steps/threads (goal: Dice >= MONAI - 0.02)"
+# the recipe's default steps take ~10-20 min per side on 2 cores; TRAIN_UNET_STEPS=60 for a quick check
+bash bench/bench_train_unet.sh --threads "$THREADS" ${TRAIN_UNET_STEPS:+--steps "$TRAIN_UNET_STEPS"}
