@@ -16,6 +16,7 @@
  * conv_transpose: X = output, Y = input  (PyTorch's [Cin, Cout/G, K] weight is exactly W)
  * so conv forward = conv_transpose backward-data and vice versa. */
 #include "ml_dnnl_priv.h"
+#include "ml_conv_direct.h"
 
 #include <dnnl_debug.h>
 
@@ -565,6 +566,78 @@ done:
     return err;
 }
 
+/* ------------------------------------------------------------ direct kernels (few channels, f32) */
+/* oneDNN computes in 16-channel blocks: with 4 or fewer channels on the output side (the 3-class
+ * head of a segmentation network) it does 4-16x the work and reorders full-size tensors around
+ * it, so those ops run on ml_conv_direct.c's plain-layout loops instead. */
+#define DIRECT_MAXC 4
+
+static bool direct_base(const cgeo *g) {
+    if (g->G != 1) return false;
+    for (int i = 0; i < 3; i++)
+        if (g->d[i] != 1 || g->K[i] > 16) return false;
+    return true;
+}
+
+static bool direct_fwd_ok(const cgeo *g) {
+    if (!direct_base(g) || g->Cout > DIRECT_MAXC) return false;
+    if (!g->tr)
+        for (int i = 0; i < 3; i++)
+            if (g->s[i] != 1) return false;
+    return true;
+}
+
+static bool direct_bwd_data_ok(const cgeo *g) { return direct_base(g) && !g->tr && g->Cin <= DIRECT_MAXC; }
+
+static bool direct_wgrad_ok(const cgeo *g) {
+    return direct_base(g) && !g->tr && g->Cin * g->Cout <= DIRECT_MAXC * DIRECT_MAXC && g->s[2] == 1;
+}
+
+static void mgeo(mlc_geo *m, const cgeo *g, int64_t Ci, int64_t Co, const int64_t *I, const int64_t *O) {
+    m->N = g->N;
+    m->Ci = Ci;
+    m->Co = Co;
+    for (int i = 0; i < 3; i++) {
+        m->I[i] = I[i];
+        m->O[i] = O[i];
+        m->K[i] = g->K[i];
+        m->s[i] = g->s[i];
+        m->p[i] = g->p[i];
+    }
+}
+
+/* y = conv(x, w) + b (stride 1) or conv_transpose(x, w) + b */
+static ml_err direct_fwd(const cgeo *g, const float *x, const float *w, const float *b, float *y) {
+    mlc_geo m;
+    mgeo(&m, g, g->Cin, g->Cout, g->I, g->O);
+    int64_t Ksz = prod3(g->K);
+    if (g->tr) return mlc_tconv_f32(&m, x, w, g->Cout * Ksz, Ksz, b, y);
+    /* stride-1 conv = transposed conv with the kernel flipped, channels swapped, padding K-1-p */
+    float *wt = malloc(sizeof(float) * (size_t)(g->Cin * g->Cout * Ksz));
+    if (!wt) return ml_seterr(ML_ERR_OOM, "%s: out of memory", cname(g));
+    for (int64_t co = 0; co < g->Cout; co++)
+        for (int64_t ci = 0; ci < g->Cin; ci++)
+            for (int64_t k = 0; k < Ksz; k++) wt[(ci * g->Cout + co) * Ksz + k] = w[(co * g->Cin + ci) * Ksz + Ksz - 1 - k];
+    for (int i = 0; i < 3; i++) m.p[i] = g->K[i] - 1 - g->p[i];
+    ml_err e = mlc_tconv_f32(&m, x, wt, g->Cout * Ksz, Ksz, b, y);
+    free(wt);
+    return e;
+}
+
+/* gx = conv backward-data: the transposed conv of gy with the same weights */
+static ml_err direct_bwd_data(const cgeo *g, const float *w, const float *gy, float *gx) {
+    mlc_geo m;
+    mgeo(&m, g, g->Cout, g->Cin, g->O, g->I);
+    int64_t Ksz = prod3(g->K);
+    return mlc_tconv_f32(&m, gy, w, g->Cin * Ksz, Ksz, NULL, gx);
+}
+
+static ml_err direct_wgrad(const cgeo *g, const float *x, const float *gy, float *gw, float *gb) {
+    mlc_geo m;
+    mgeo(&m, g, g->Cin, g->Cout, g->I, g->O);
+    return mlc_conv_wgrad_f32(&m, x, gy, gw, gb);
+}
+
 /* ------------------------------------------------------------ dispatch */
 /* untracked dtype-converting copy */
 static ml_err cast_copy(ml_tensor **out, ml_tensor *t, ml_dtype dt) {
@@ -612,6 +685,14 @@ static ml_err conv_forward(const cgeo *g, bool training, ml_tensor *x, ml_tensor
     ml_tensor *y;
     ml_err e = ml_tensor_empty(&y, dt, g->k + 2, ys);
     if (e) return e;
+    if (dt == ML_F32 && !any_empty(g) && direct_fwd_ok(g)) {
+        e = direct_fwd(g, ml_tensor_data(x), ml_tensor_data(w), b ? ml_tensor_data(b) : NULL, ml_tensor_data(y));
+        if (e != ML_ERR_UNSUPPORTED) {
+            if (e) { ml_tensor_release(y); return e; }
+            *out = y;
+            return ML_OK;
+        }
+    }
     if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g)) {
         e = dconv_fwd(g, training, ml_tensor_data(x), ml_tensor_data(w), b ? ml_tensor_data(b) : NULL,
                       ml_tensor_data(y));
@@ -652,28 +733,54 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
     if (gx && (e = ml_tensor_empty(&tx, dt, g->k + 2, xs))) goto fail;
     if (gw && (e = ml_tensor_empty(&tw, dt, g->k + 2, ws))) goto fail;
     bool bias_done = false;
+    /* what the direct kernels do not compute goes to oneDNN (or the reference) below */
+    ml_tensor *rx = tx, *rw = tw;
+    if (dt == ML_F32 && !any_empty(g)) {
+        if (rx && direct_bwd_data_ok(g)) {
+            e = direct_bwd_data(g, ml_tensor_data(w), ml_tensor_data(gy), ml_tensor_data(tx));
+            if (e && e != ML_ERR_UNSUPPORTED) goto fail;
+            if (!e) rx = NULL;
+        }
+        if (rw && direct_wgrad_ok(g)) {
+            if (gb && (e = ml_tensor_empty(&tb, dt, 1, &g->Cout))) goto fail;
+            e = direct_wgrad(g, ml_tensor_data(x), ml_tensor_data(gy), ml_tensor_data(tw), tb ? ml_tensor_data(tb) : NULL);
+            if (e && e != ML_ERR_UNSUPPORTED) goto fail;
+            if (!e) {
+                rw = NULL;
+                bias_done = tb != NULL;
+            } else {
+                ml_tensor_release(tb);
+                tb = NULL;
+            }
+        }
+        e = ML_OK;
+        if (!rx && !rw) goto bias;
+    }
     if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g)) {
-        if (gw && gb && !prepad_drops_planes(g) && (e = ml_tensor_empty(&tb, dt, 1, &g->Cout))) goto fail;
+        ml_tensor *db = NULL; /* bias gradient from oneDNN's backward-weights */
+        if (rw && gb && !prepad_drops_planes(g) && (e = ml_tensor_empty(&db, dt, 1, &g->Cout))) goto fail;
         e = dconv_bwd(g, x ? ml_tensor_data(x) : NULL, w ? ml_tensor_data(w) : NULL, ml_tensor_data(gy),
-                      tx ? ml_tensor_data(tx) : NULL, tw ? ml_tensor_data(tw) : NULL, tb ? ml_tensor_data(tb) : NULL);
-        if (e && e != ML_ERR_UNSUPPORTED) goto fail;
+                      rx ? ml_tensor_data(rx) : NULL, rw ? ml_tensor_data(rw) : NULL, db ? ml_tensor_data(db) : NULL);
         if (!e) {
-            bias_done = tb != NULL;
+            if (db) {
+                tb = db;
+                bias_done = true;
+            }
             goto bias;
         }
-        ml_tensor_release(tb);
-        tb = NULL;
+        ml_tensor_release(db);
+        if (e != ML_ERR_UNSUPPORTED) goto fail;
     }
     if (dt == ML_F64) {
-        ref_backward(g, x, w, gy, tx, tw);
+        ref_backward(g, x, w, gy, rx, rw);
     } else {
         ml_tensor *xd = NULL, *wd = NULL, *gyd = NULL, *gxd = NULL, *gwd = NULL;
-        if (!(e = cast_copy(&xd, gw ? x : NULL, ML_F64)) && !(e = cast_copy(&wd, gx ? w : NULL, ML_F64)) &&
-            !(e = cast_copy(&gyd, gy, ML_F64)) && !(e = gx ? ml_tensor_empty(&gxd, ML_F64, g->k + 2, xs) : ML_OK) &&
-            !(e = gw ? ml_tensor_empty(&gwd, ML_F64, g->k + 2, ws) : ML_OK)) {
+        if (!(e = cast_copy(&xd, rw ? x : NULL, ML_F64)) && !(e = cast_copy(&wd, rx ? w : NULL, ML_F64)) &&
+            !(e = cast_copy(&gyd, gy, ML_F64)) && !(e = rx ? ml_tensor_empty(&gxd, ML_F64, g->k + 2, xs) : ML_OK) &&
+            !(e = rw ? ml_tensor_empty(&gwd, ML_F64, g->k + 2, ws) : ML_OK)) {
             ref_backward(g, xd, wd, gyd, gxd, gwd);
-            if (gx) e = ml_copy_(tx, gxd);
-            if (!e && gw) e = ml_copy_(tw, gwd);
+            if (rx) e = ml_copy_(rx, gxd);
+            if (!e && rw) e = ml_copy_(rw, gwd);
         }
         ml_tensor_release(xd);
         ml_tensor_release(wd);

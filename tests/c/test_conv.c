@@ -167,6 +167,40 @@ ML_TEST(conv3d_blocked_f32_vs_f64) {
     agree_case(&c, 1e-4);
 }
 
+/* few channels on the output side run on the direct kernels (ml_conv_direct.c): rows longer than
+ * one 16-wide block (interior blocks read the input in place, edge blocks a padded copy), odd row
+ * lengths, strides in every dim, a head like the U-Net's (conv_transpose 8->3 stride 2, conv 3->3) */
+ML_TEST(conv3d_direct_few_channels_f32_vs_f64) {
+    static const struct {
+        bool tr;
+        int64_t xs[5], ws[5], s[3], p[3], op[3];
+    } cases[] = {
+        {false, {2, 3, 4, 5, 40}, {3, 3, 3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+        {true, {1, 8, 3, 4, 21}, {8, 3, 3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}},
+        {false, {1, 2, 5, 4, 37}, {4, 2, 3, 2, 3}, {1, 1, 1}, {0, 1, 2}, {0, 0, 0}},
+        {false, {1, 1, 6, 5, 37}, {8, 1, 3, 3, 3}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0}}, /* backward-data, stride 2 */
+        {true, {1, 5, 2, 3, 18}, {5, 2, 2, 3, 4}, {1, 2, 3}, {0, 1, 2}, {0, 1, 2}},
+        {false, {1, 3, 3, 3, 33}, {2, 3, 1, 1, 5}, {1, 1, 1}, {0, 0, 4}, {0, 0, 0}},  /* padding > K - 1 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        conv_case c;
+        memset(&c, 0, sizeof c);
+        c.p.k = 3;
+        c.p.groups = 1;
+        c.tr = cases[i].tr;
+        c.bias = i % 2 == 0;
+        memcpy(c.xs, cases[i].xs, sizeof c.xs);
+        memcpy(c.ws, cases[i].ws, sizeof c.ws);
+        for (int d = 0; d < 3; d++) {
+            c.p.stride[d] = cases[i].s[d];
+            c.p.padding[d] = cases[i].p[d];
+            c.p.dilation[d] = 1;
+            c.p.output_padding[d] = cases[i].op[d];
+        }
+        agree_case(&c, 1e-4);
+    }
+}
+
 /* random odd geometries: large padding, dilation 3, stride 3, groups 3, output_padding < dilation;
  * whatever oneDNN rejects must fall back and still agree */
 #ifndef CONV_FUZZ_N
@@ -499,6 +533,7 @@ int main(void) {
     ML_RUN(conv_transpose2d_f32_vs_f64);
     ML_RUN(conv_transpose3d_f32_vs_f64);
     ML_RUN(conv3d_blocked_f32_vs_f64);
+    ML_RUN(conv3d_direct_few_channels_f32_vs_f64);
     ML_RUN(conv_fuzz_f32_vs_f64);
     ML_RUN(conv_empty_batch);
     ML_RUN(conv_grad_dtype_mismatch);
