@@ -396,8 +396,9 @@ end
 ---                 alpha =}, ...}, max_faces = 200000, background = "#1b1d22"}):
 --- ONE self-contained page (no server, no network: opens from file://) with a small WebGL viewer:
 --- perspective camera, drag = rotate, wheel = zoom, right-drag or shift-drag = pan, double-click = reset;
---- Lambert + ambient shading from the vertex normals, a colour per structure, a legend with a checkbox
---- per structure and per group, the second and later groups (e.g. ground truth) drawn semi-transparent
+--- Lambert + ambient shading from the vertex normals, a colour per structure (default: one palette
+--- colour per structure name, the same in every group), a legend with a checkbox per structure and per
+--- group, the second and later groups (e.g. ground truth) drawn semi-transparent
 --- over the first, side by side, or opaque (a selector), and an R/A/S orientation triad. The first view
 --- is anterior (patient's right on the viewer's left), superior up. Meshes are embedded as base64
 --- Float32 positions, Int8 normals and Uint16/Uint32 indices; a structure over max_faces triangles is
@@ -410,7 +411,7 @@ function M.write_html(path, spec)
   end
   local max_faces = spec.max_faces or 200000
   if math.type(max_faces) ~= "integer" or max_faces < 1 then fail(fname, "max_faces must be a positive integer") end
-  local groups, ci = {}, 0
+  local groups, ci, by_name = {}, 0, {}
   for gi, g in ipairs(spec.groups) do
     if type(g) ~= "table" or type(g.meshes) ~= "table" then
       fail(fname, "group %d must be {name =, meshes = {{name =, color =, mesh =}, ...}}", gi)
@@ -419,8 +420,10 @@ function M.write_html(path, spec)
     for i, it in ipairs(g.meshes) do
       if type(it) ~= "table" then fail(fname, "group %d, mesh %d must be a table {name =, color =, mesh =}", gi, i) end
       local m = check_mesh(fname, it.mesh, string.format("group %d, mesh %d", gi, i))
-      ci = ci + 1
-      local col = M.color(it.color, ci, fname)
+      -- without a colour, a structure name keeps one palette colour in every group
+      local key = tostring(it.name or i)
+      if it.color == nil and not by_name[key] then ci = ci + 1; by_name[key] = M.color(nil, ci) end
+      local col = it.color ~= nil and M.color(it.color, 1, fname) or by_name[key]
       local nf0 = nfaces(m)
       if nf0 > max_faces then m = M.decimate(m, max_faces) end
       local nv, nf = nverts(m), nfaces(m)
@@ -489,7 +492,7 @@ document.getElementById("title").textContent = D.title;
 document.body.style.background = D.background;
 var canvas = document.getElementById("view");
 var attrs = {antialias: true, preserveDrawingBuffer: true, alpha: false, premultipliedAlpha: false};
-var gl = canvas.getContext("webgl2", attrs), gl2 = !!gl;
+var gl = /webgl1/.test(location.hash) ? null : canvas.getContext("webgl2", attrs), gl2 = !!gl;
 if (!gl) gl = canvas.getContext("webgl", attrs) || canvas.getContext("experimental-webgl", attrs);
 function fatal(msg) { var e = document.createElement("div"); e.id = "err"; e.textContent = msg; document.body.appendChild(e); }
 if (!gl) { fatal("WebGL is not available in this browser."); return; }
@@ -503,7 +506,7 @@ function b64(s) {
 
 var VS = "attribute vec3 aPos; attribute vec3 aNrm; uniform mat4 uProj; uniform mat4 uView; uniform vec3 uOff;" +
   "varying vec3 vN; varying vec3 vP;" +
-  "void main() { vec4 p = uView * vec4(aPos + uOff, 1.0); vP = p.xyz; vN = mat3(uView) * aNrm; gl_Position = uProj * p; }";
+  "void main() { vec4 p = uView * vec4(aPos + uOff, 1.0); vP = p.xyz; vN = (uView * vec4(aNrm, 0.0)).xyz; gl_Position = uProj * p; }";
 var FS = "precision mediump float; uniform vec3 uColor; uniform float uAlpha; varying vec3 vN; varying vec3 vP;" +
   "void main() { vec3 n = normalize(vN); if (!gl_FrontFacing) n = -n;" +
   " vec3 l = normalize(vec3(0.35, 0.45, 1.0)); vec3 v = normalize(-vP);" +
@@ -711,7 +714,8 @@ canvas.addEventListener("dblclick", function () { resetView(); redraw(); });
 window.addEventListener("resize", redraw);
 
 /* the page's address may choose the first view: file:///.../page.html#mode=side&view=left
-   (mode: overlay, side, opaque; view: anterior, posterior, left, right, superior, inferior) */
+   (mode: overlay, side, opaque; view: anterior, posterior, left, right, superior, inferior;
+   webgl1: do not use WebGL 2) */
 var views = {anterior: [0, 0.15], posterior: [Math.PI, 0.15], left: [-Math.PI / 2, 0.15], right: [Math.PI / 2, 0.15],
   superior: [0, 1.55], inferior: [0, -1.55]};
 var hash = {};

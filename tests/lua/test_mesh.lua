@@ -324,6 +324,13 @@ T.case("HTML: one self-contained page, no external resources, names, colours and
   local d2 = json.decode(slurp(tmp("small.html")):match('id="medlua%-data">(.-)</script>'))
   T.ok(d2.groups[1].items[1].nf <= 2000 and d2.groups[1].items[1].faces_full == it.nf)
   T.ok(#slurp(tmp("small.html")) < #s / 3)
+  -- without colours, one structure name keeps one colour across groups
+  local l = liver()
+  mesh.write_html(tmp("pal.html"), {groups = {{name = "a", meshes = {{name = "liver", mesh = l}, {name = "x", mesh = l}}},
+    {name = "b", meshes = {{name = "liver", mesh = l}}}}})
+  local d3 = json.decode(slurp(tmp("pal.html")):match('id="medlua%-data">(.-)</script>'))
+  T.eq(d3.groups[2].items[1].color, d3.groups[1].items[1].color)
+  T.ne(d3.groups[1].items[2].color, d3.groups[1].items[1].color)
   -- title is escaped in the HTML head, and "</" cannot close the data script early
   mesh.write_html(tmp("esc.html"), {title = "a </script><b>", groups = {{name = "x</script>", meshes = {}}}})
   local e = slurp(tmp("esc.html"))
