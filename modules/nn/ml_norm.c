@@ -28,6 +28,11 @@ static void chan_merge(double *n, double *mean, double *m2, double nb, double mb
 
 static int64_t nchunks(int64_t L) { return L > 0 ? (L + NN_CHUNK - 1) / NN_CHUNK : 1; }
 
+/* Gradient sums add NN_SUB elements in the tensor's own type (vectorized) before each addition to
+ * the chunk's double total: f32 partials of 256 terms lose nothing that matters, and converting
+ * every element to double made these loops compute-bound (the largest norm cost in a U-Net step). */
+#define NN_SUB 256
+
 #define ML_NORM_GEN
 #define T float
 #define S(name) name##_f32
@@ -536,15 +541,23 @@ static void S(seg_gsums)(const T *g, const T *x, int64_t nseg, int64_t L, int64_
         int64_t seg = k / nch, ci = k % nch;
         int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
         const T *gq = g + seg * L, *xq = x + seg * L;
-        double m = mu[seg], sg = 0, sd = 0;
-#pragma omp simd reduction(+ : sg, sd)
-        for (int64_t i = lo; i < hi; i++) {
-            double gv = (double)gq[i];
-            sg += gv;
-            sd += gv * ((double)xq[i] - m);
+        const double m = mu[seg];
+        const T mt = (T)m;
+        double sg = 0, sd = 0;
+        for (int64_t b0 = lo; b0 < hi; b0 += NN_SUB) {
+            int64_t b1 = b0 + NN_SUB < hi ? b0 + NN_SUB : hi;
+            T fg = 0, fd = 0;
+#pragma omp simd reduction(+ : fg, fd)
+            for (int64_t i = b0; i < b1; i++) {
+                T gv = gq[i];
+                fg += gv;
+                fd += gv * (xq[i] - mt);
+            }
+            sg += (double)fg;
+            sd += (double)fd;
         }
         part[2 * k] = sg;
-        part[2 * k + 1] = sd;
+        part[2 * k + 1] = sd + ((double)mt - m) * sg; /* sum g*(x - m) from the rounded mean mt */
     }
 }
 
@@ -579,19 +592,26 @@ static void S(seg_gsums_act)(const T *g, const T *x, int64_t nseg, int64_t L, in
         int64_t lo = ci * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
         const T *gq = g + seg * L, *xq = x + seg * L;
         T aa = (T)act[seg], bb = (T)act[nseg + seg], sl = (T)act[2 * nseg + seg];
-        double m = mu[seg], sg = 0, sd = 0, ss = 0;
-#pragma omp simd reduction(+ : sg, sd, ss)
-        for (int64_t i = lo; i < hi; i++) {
-            T y = xq[i] * aa + bb;
-            T gz = gq[i];
-            bool pos = y > 0;
-            double gy = (double)(pos ? gz : gz * sl);
-            sg += gy;
-            sd += gy * ((double)xq[i] - m);
-            ss += pos ? 0.0 : (double)gz * (double)y;
+        const double m = mu[seg];
+        const T mt = (T)m;
+        double sg = 0, sd = 0, ss = 0;
+        for (int64_t b0 = lo; b0 < hi; b0 += NN_SUB) {
+            int64_t b1 = b0 + NN_SUB < hi ? b0 + NN_SUB : hi;
+            T fg = 0, fd = 0, fs = 0;
+#pragma omp simd reduction(+ : fg, fd, fs)
+            for (int64_t i = b0; i < b1; i++) {
+                T xv = xq[i], y = xv * aa + bb, gz = gq[i];
+                T gy = y > 0 ? gz : gz * sl;
+                fg += gy;
+                fd += gy * (xv - mt);
+                fs += y > 0 ? (T)0 : gz * y;
+            }
+            sg += (double)fg;
+            sd += (double)fd;
+            ss += (double)fs;
         }
         part[3 * k] = sg;
-        part[3 * k + 1] = sd;
+        part[3 * k + 1] = sd + ((double)mt - m) * sg; /* sum gy*(x - m) from the rounded mean mt */
         part[3 * k + 2] = ss;
     }
 }
