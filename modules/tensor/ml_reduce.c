@@ -1188,6 +1188,13 @@ ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q) {
         for (int i = 0; i < nq; i++) r[i] = NAN; /* as torch.quantile: NaN in, NaN out */
     free(order);
     ml_tensor_release(flat);
+    /* No backward rule: the result joins the graph so that backward through it raises
+     * "op quantile has no backward rule" instead of silently dropping the input's gradient. */
+    e = ml_record("quantile", NULL, 1, &a, res, NULL);
+    if (e) {
+        ml_tensor_release(res);
+        return e;
+    }
     *out = res;
     return ML_OK;
 }

@@ -111,6 +111,17 @@ T.case("in-place change of a saved tensor is detected", function()
   T.raises(function() s:backward() end, "modified in place")
 end)
 
+T.case("an op without a backward rule joins the graph and backward through it is an error", function()
+  local x = f64({3, 1, 2, 5})
+  x.requires_grad = true
+  local q = x:quantile(0.5)
+  T.ok(q.requires_grad, "quantile of a tensor that requires grad must require grad")
+  T.eq(q.grad_fn ~= nil, true)
+  T.raises(function() (q * 2):backward() end, "quantile has no backward rule")
+  -- without grad nothing is recorded
+  medlua.no_grad(function() T.eq(x:quantile(0.5).requires_grad, false) end)
+end)
+
 T.case("in-place on a leaf that requires grad is refused while grad mode is on", function()
   local w = f64({1, 2})
   T.raises(function() w:add_(1) end, "leaf")
