@@ -182,7 +182,6 @@ if args.labels ~= "" then
 end
 
 -- ---------------------------------------------------------------------------------------- drawing
-local FONT = plot.font
 local PALETTE = {{230, 25, 75}, {60, 180, 75}, {255, 225, 25}, {0, 130, 200}, {245, 130, 48}, {145, 30, 180},
   {70, 240, 240}, {240, 50, 230}, {210, 245, 60}, {250, 190, 212}, {0, 128, 128}, {220, 190, 255},
   {170, 110, 40}, {255, 250, 200}, {128, 0, 0}, {170, 255, 195}, {128, 128, 0}, {255, 215, 180}, {0, 0, 128}}
@@ -234,30 +233,8 @@ local function overlay(rgb, lab, classes, color_fn, alpha)
   return rgb
 end
 
-local function new_fig(w, h, bg) return {t = medlua.full({h, w, 3}, bg or 255), w = w, h = h} end
-local function paste(fig, img, x, y) fig.t:narrow(0, y, img:size(0)):narrow(1, x, img:size(1)):copy_(img) end
-local function fill_rect(fig, x, y, w, h, col)
-  local x0, y0 = math.max(0, x), math.max(0, y)
-  local x1, y1 = math.min(fig.w, x + w), math.min(fig.h, y + h)
-  if x1 <= x0 or y1 <= y0 then return end
-  local r = fig.t:narrow(0, y0, y1 - y0):narrow(1, x0, x1 - x0)
-  for c = 0, 2 do r:select(2, c):fill_(col[c + 1]) end
-end
-local function text(fig, s, x, y, col, scale)
-  scale = scale or 1
-  for k = 1, #s do
-    local g = FONT[s:sub(k, k)] or FONT["?"]
-    for _, p in ipairs(g) do
-      fill_rect(fig, x + (k - 1) * 6 * scale + p[1] * scale, y + p[2] * scale, scale, scale, col)
-    end
-  end
-end
-local function fit_text(s, px, scale)
-  local n = math.floor((px + 1) / (6 * scale))
-  if #s <= n then return s end
-  return s:sub(1, math.max(1, n - 2)) .. ".."
-end
-local function write_fig(fig, path) volume.write_png(path, fig.t:clamp(0, 255):round():byte()) end
+-- the montage is a plot canvas (medlua.plot): text in its 5x9 font, rectangles, pasted image tensors
+local fit_text = plot.fit_text
 
 -- ---------------------------------------------------------------------------------------- per case
 local function fmt3(v, f) return string.format("(" .. f .. ", " .. f .. ", " .. f .. ")", v[1], v[2], v[3]) end
@@ -545,37 +522,37 @@ if args.out ~= "" then
     local head = 30
     local W = per_row * bw + (per_row + 1) * 16
     local H = head + rows * (cap + T + gap) + legend_h + 8
-    local fig = new_fig(W, H, 255)
+    local fig = plot.new_canvas(W, H, {255, 255, 255})
     local title = string.format("Middle axial slice per case (window %g/%g HU; patient right on image left)", win[1], win[2])
-    text(fig, fit_text(title, W - 16, 2), 8, 8, {0, 0, 0}, 2)
+    fig:text(fit_text(title, W - 16, 2), 8, 8, {0, 0, 0}, 2)
     for i, tl in ipairs(tiles) do
       local r, cidx = (i - 1) // per_row, (i - 1) % per_row
       local x0 = 16 + cidx * (bw + 16)
       local y0 = head + r * (cap + T + gap)
-      text(fig, fit_text(string.format("%s  (z %d)", tl.name, tl.slice), bw, 2), x0, y0 + 2, {30, 30, 30}, 2)
-      fill_rect(fig, x0, y0 + cap, T, T, {0, 0, 0})
+      fig:text(fit_text(string.format("%s  (z %d)", tl.name, tl.slice), bw, 2), x0, y0 + 2, {30, 30, 30}, 2)
+      fig:fill_rect(x0, y0 + cap, x0 + T - 1, y0 + cap + T - 1, {0, 0, 0})
       local ih, iw = tl.img:size(0), tl.img:size(1)
       local ox, oy = x0 + (T - iw) // 2, y0 + cap + (T - ih) // 2
-      paste(fig, tl.img, ox, oy)
-      fill_rect(fig, x0 + T + gap, y0 + cap, T, T, {0, 0, 0})
+      fig:paste(tl.img, ox, oy)
+      fig:fill_rect(x0 + T + gap, y0 + cap, x0 + 2 * T + gap - 1, y0 + cap + T - 1, {0, 0, 0})
       if tl.over then
-        paste(fig, tl.over, ox + T + gap, oy)
+        fig:paste(tl.over, ox + T + gap, oy)
       else
-        text(fig, "no label", x0 + T + gap + T // 2 - 24, y0 + cap + T // 2, {200, 200, 200}, 1)
+        fig:text("no label", x0 + T + gap + T // 2 - 24, y0 + cap + T // 2, {200, 200, 200}, 1)
       end
     end
     if lm then
       local x, y = 16, H - legend_h
       for k = 2, lm.num_classes do
         local col = color_of(k - 1)
-        fill_rect(fig, x, y, 14, 14, col)
+        fig:fill_rect(x, y, x + 13, y + 13, col)
         local s = lm.names[k]
-        text(fig, s, x + 20, y, {0, 0, 0}, 2)
+        fig:text(s, x + 20, y, {0, 0, 0}, 2)
         x = x + 20 + #s * 12 + 20
       end
     end
     local ppath = join(args.out, "dataset_montage.png")
-    local ok2, err2 = pcall(write_fig, fig, ppath)
+    local ok2, err2 = pcall(fig.save_png, fig, ppath)
     if not ok2 then die(ppath .. ": " .. clean(err2)) end
     print("wrote " .. ppath)
   end

@@ -370,7 +370,6 @@ if pred and gt then
 end
 
 -- ---------------------------------------------------------------------------------------- drawing
-local FONT = plot.font
 local PALETTE = {{230, 25, 75}, {60, 180, 75}, {255, 225, 25}, {0, 130, 200}, {245, 130, 48}, {145, 30, 180},
   {70, 240, 240}, {240, 50, 230}, {210, 245, 60}, {250, 190, 212}, {0, 128, 128}, {220, 190, 255},
   {170, 110, 40}, {255, 250, 200}, {128, 0, 0}, {170, 255, 195}, {128, 128, 0}, {255, 215, 180}, {0, 0, 128}}
@@ -411,30 +410,8 @@ local function overlay(rgb, lab, alpha)
   end
   return rgb
 end
-local function new_fig(w, h, bg) return {t = medlua.full({h, w, 3}, bg or 255), w = w, h = h} end
-local function paste(fig, im, x, y) fig.t:narrow(0, y, im:size(0)):narrow(1, x, im:size(1)):copy_(im) end
-local function fill_rect(fig, x, y, w, h, col)
-  local x0, y0 = math.max(0, x), math.max(0, y)
-  local x1, y1 = math.min(fig.w, x + w), math.min(fig.h, y + h)
-  if x1 <= x0 or y1 <= y0 then return end
-  local r = fig.t:narrow(0, y0, y1 - y0):narrow(1, x0, x1 - x0)
-  for c = 0, 2 do r:select(2, c):fill_(col[c + 1]) end
-end
-local function text(fig, s, x, y, col, scale)
-  scale = scale or 1
-  for k = 1, #s do
-    local g = FONT[s:sub(k, k)] or FONT["?"]
-    for _, p in ipairs(g) do
-      fill_rect(fig, x + (k - 1) * 6 * scale + p[1] * scale, y + p[2] * scale, scale, scale, col)
-    end
-  end
-end
-local function text_w(s, scale) return #s * 6 * (scale or 1) - (scale or 1) end
-local function fit_text(s, px, scale)
-  local m = math.floor((px + (scale or 1)) / (6 * (scale or 1)))
-  if #s <= m then return s end
-  return s:sub(1, math.max(1, m - 2)) .. ".."
-end
+-- the figure is a plot canvas (medlua.plot): text in its 5x9 font, rectangles, pasted image tensors
+local text_w, fit_text = plot.text_width, plot.fit_text
 
 -- panels per row
 local cols = {{"Image", "image"}}
@@ -461,17 +438,17 @@ end
 local title_h, head_h, cap_h = 30, 36, 22
 local dice_h = dice_rows and 20 or 0
 local H = M + title_h + head_h + #slices * (cap_h + ph + GAP) + 6 + legend.h + dice_h + M
-local fig = new_fig(W, H, 255)
+local fig = plot.new_canvas(W, H, WHITE)
 
 local title = (pred and gt) and "Prediction vs ground truth" or (pred and "Prediction" or "Ground truth")
-text(fig, fit_text(title .. ": " .. basename(args.image), W - 2 * M, 2), M, M, BLACK, 2)
+fig:text(fit_text(title .. ": " .. basename(args.image), W - 2 * M, 2), M, M, BLACK, 2)
 local y = M + title_h
 local x0 = M + (W - 2 * M - (#cols * pw + (#cols - 1) * GAP)) // 2
 for i, c in ipairs(cols) do
   local px = x0 + (i - 1) * (pw + GAP)
-  text(fig, fit_text(c[1], pw, 2), px, y + 4, BLACK, 2)
+  fig:text(fit_text(c[1], pw, 2), px, y + 4, BLACK, 2)
   local file = c[2] == "pred" and args.pred or (c[2] == "gt" and args.label or args.image)
-  text(fig, fit_text(basename(file), pw, 1), px, y + 24, DARK, 1)
+  fig:text(fit_text(basename(file), pw, 1), px, y + 24, DARK, 1)
 end
 y = y + head_h
 
@@ -488,7 +465,7 @@ for si, k in ipairs(slices) do
     for c = 1, K - 1 do parts[#parts + 1] = names[c + 1] .. " " .. fmt_dice(dice_rows.per_slice[si][c]) end
     cap = cap .. "   Dice: " .. table.concat(parts, ", ")
   end
-  text(fig, fit_text(cap, W - 2 * M, 1), M, y + 6, BLACK, 1)
+  fig:text(fit_text(cap, W - 2 * M, 1), M, y + 6, BLACK, 1)
   y = y + cap_h
   local s = view_slice(img_r.data, k)
   local g = ((resize(s, ph, pw, "bilinear") - lo_w) / win[2]):clamp(0, 1)
@@ -498,13 +475,13 @@ for si, k in ipairs(slices) do
     local im = base
     if c[2] == "gt" then im = overlay(base, resize(view_slice(gt_r.data, k), ph, pw, "nearest"), args.alpha) end
     if c[2] == "pred" then im = overlay(base, resize(view_slice(pred_r.data, k), ph, pw, "nearest"), args.alpha) end
-    paste(fig, im, px, y)
+    fig:paste(im, px, y)
     if i == 1 then
       local yellow = {255, 220, 0}
-      text(fig, edges[1], px + 3, y + ph // 2 - 4, yellow, 1)
-      text(fig, edges[2], px + pw - 8, y + ph // 2 - 4, yellow, 1)
-      text(fig, edges[3], px + pw // 2 - 2, y + 3, yellow, 1)
-      text(fig, edges[4], px + pw // 2 - 2, y + ph - 12, yellow, 1)
+      fig:text(edges[1], px + 3, y + ph // 2 - 4, yellow, 1)
+      fig:text(edges[2], px + pw - 8, y + ph // 2 - 4, yellow, 1)
+      fig:text(edges[3], px + pw // 2 - 2, y + 3, yellow, 1)
+      fig:text(edges[4], px + pw // 2 - 2, y + ph - 12, yellow, 1)
     end
   end
   y = y + ph + GAP
@@ -513,10 +490,9 @@ end
 y = y + 6
 for _, it in ipairs(legend) do
   local col = color_of(it.c)
-  fill_rect(fig, it.x, y + it.y, 16, 16, col)
-  fill_rect(fig, it.x, y + it.y, 16, 1, DARK); fill_rect(fig, it.x, y + it.y + 15, 16, 1, DARK)
-  fill_rect(fig, it.x, y + it.y, 1, 16, DARK); fill_rect(fig, it.x + 15, y + it.y, 1, 16, DARK)
-  text(fig, it.s, it.x + 22, y + it.y + 1, BLACK, 2)
+  fig:fill_rect(it.x, y + it.y, it.x + 15, y + it.y + 15, col)
+  fig:rect(it.x, y + it.y, it.x + 15, y + it.y + 15, DARK)
+  fig:text(it.s, it.x + 22, y + it.y + 1, BLACK, 2)
 end
 y = y + legend.h
 if dice_rows then
@@ -524,14 +500,14 @@ if dice_rows then
   for c = 1, K - 1 do parts[#parts + 1] = names[c + 1] .. " " .. fmt_dice(dice_rows.volume[c]) end
   local s = string.format("Dice over the whole volume: %s (mean %s); window %g/%g HU", table.concat(parts, ", "),
     fmt_dice(mean_dice(dice_rows.volume)), win[1], win[2])
-  text(fig, fit_text(s, W - 2 * M, 1), M, y + 6, BLACK, 1)
+  fig:text(fit_text(s, W - 2 * M, 1), M, y + 6, BLACK, 1)
 end
 
 local out = args.out
 if dirname(out) ~= "." and not is_dir(dirname(out)) then
   os.execute("mkdir -p '" .. dirname(out):gsub("'", "'\\''") .. "'")
 end
-local ok, err = pcall(volume.write_png, out, fig.t:clamp(0, 255):round():byte())
+local ok, err = pcall(fig.save_png, fig, out)
 if not ok then die(out .. ": " .. clean(err)) end
 print(string.format("\nwrote %s (%d x %d px, %s slice%s %s)", out, W, H, AXIS_NAMES[axis], #slices > 1 and "s" or "",
   table.concat(slices, ", ")))
