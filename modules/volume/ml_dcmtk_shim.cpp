@@ -29,8 +29,16 @@
 #include <string>
 #include <vector>
 
+#include <cerrno>
+#include <unistd.h>
+#include <zlib.h>
+
 struct ml_dcm_file {
     DcmFileFormat ff;
+    std::string inflated; // temporary file holding the inflated dataset of a deflated file ("" if none)
+    ~ml_dcm_file() {
+        if (!inflated.empty()) unlink(inflated.c_str());
+    }
 };
 
 namespace {
@@ -182,6 +190,113 @@ int classify(E_TransferSyntax xs) {
 
 std::once_flag g_init_once;
 
+// ---- deflated datasets (1.2.840.10008.1.2.1.99)
+// DCMTK reads the values of an inflating stream at once (it cannot skip them and load them later as
+// it does in a file), so a damaged length in a small deflated file became an allocation of up to
+// 4 GB (found by fuzz_dicom_file). Such a dataset is inflated here into a temporary file, which
+// DCMTK then reads like any file: values above kLazyBytes on demand, lengths checked against the
+// file's end. The temporary file lives as long as the handle.
+const char *const kDeflatedUID = "1.2.840.10008.1.2.1.99";
+const uint64_t kMaxInflated = (uint64_t)8 << 30;
+
+// Whether path is a Part 10 file (preamble, "DICM", explicit little endian group 0002) whose meta
+// header names the deflated syntax; *offset: where its dataset starts.
+bool deflated_dataset_offset(const char *path, long *offset) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return false;
+    std::vector<unsigned char> b(65536);
+    size_t n = fread(b.data(), 1, b.size(), fp);
+    fclose(fp);
+    if (n < 132 + 8 || memcmp(&b[128], "DICM", 4)) return false;
+    size_t pos = 132;
+    bool deflated = false;
+    while (pos + 8 <= n) {
+        unsigned g = b[pos] | (b[pos + 1] << 8), e = b[pos + 2] | (b[pos + 3] << 8);
+        if (g != 0x0002) break;
+        static const char *const longvrs[] = {"OB", "OW", "OF", "SQ", "UT", "UN", "UC", "UR", "OD", "OL", "OV"};
+        bool longvr = false;
+        for (const char *v : longvrs) longvr = longvr || (b[pos + 4] == v[0] && b[pos + 5] == v[1]);
+        size_t hdr = longvr ? 12 : 8;
+        if (pos + hdr > n) return false;
+        uint64_t len = longvr ? ((uint64_t)b[pos + 8] | (uint64_t)b[pos + 9] << 8 | (uint64_t)b[pos + 10] << 16 |
+                                 (uint64_t)b[pos + 11] << 24)
+                              : (uint64_t)(b[pos + 6] | (b[pos + 7] << 8));
+        if (len > n - pos - hdr) return false;
+        if (e == 0x0010) {
+            std::string uid((const char *)&b[pos + hdr], (size_t)len);
+            while (!uid.empty() && (uid.back() == '\0' || uid.back() == ' ')) uid.pop_back();
+            deflated = uid == kDeflatedUID;
+        }
+        pos += hdr + (size_t)len;
+    }
+    *offset = (long)pos;
+    return deflated;
+}
+
+// Inflate path's dataset (raw deflate from offset) into a new temporary file named in *tmp.
+bool inflate_to_temp(const char *path, long offset, std::string *tmp, char *err, size_t errlen) {
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = "/tmp";
+    std::string name = std::string(dir) + "/medlua_inflated_XXXXXX";
+    std::vector<char> nb(name.begin(), name.end());
+    nb.push_back('\0');
+    int fd = mkstemp(nb.data());
+    if (fd < 0) {
+        seterr(err, errlen, "deflated dataset: cannot create a temporary file in %s: %s", dir, strerror(errno));
+        return false;
+    }
+    *tmp = nb.data();
+    FILE *in = fopen(path, "rb");
+    const char *why = NULL;
+    bool ok = in && fseek(in, offset, SEEK_SET) == 0;
+    if (!ok) why = "cannot re-open the file";
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    bool zinit = ok && inflateInit2(&zs, -MAX_WBITS) == Z_OK;
+    if (ok && !zinit) ok = false, why = "zlib cannot start";
+    std::vector<unsigned char> ib(1 << 16), ob(1 << 18);
+    uint64_t total = 0;
+    int zr = Z_OK;
+    while (ok && zr != Z_STREAM_END) {
+        size_t got = fread(ib.data(), 1, ib.size(), in);
+        if (got == 0) break; // the stream ends without its end marker: DCMTK judges what was inflated
+        zs.next_in = ib.data();
+        zs.avail_in = (uInt)got;
+        do {
+            zs.next_out = ob.data();
+            zs.avail_out = (uInt)ob.size();
+            zr = inflate(&zs, Z_NO_FLUSH);
+            if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) {
+                ok = false;
+                why = zs.msg ? zs.msg : "inflate failed";
+                break;
+            }
+            size_t nout = ob.size() - zs.avail_out;
+            total += nout;
+            if (total > kMaxInflated) {
+                ok = false;
+                why = "it inflates to more than 8 GiB";
+                break;
+            }
+            if (nout && write(fd, ob.data(), nout) != (ssize_t)nout) {
+                ok = false;
+                why = strerror(errno);
+                break;
+            }
+        } while (zs.avail_out == 0 && zr != Z_STREAM_END);
+        if (zr == Z_BUF_ERROR && zs.avail_in == 0) zr = Z_OK; // needs more input
+    }
+    if (zinit) inflateEnd(&zs);
+    if (in) fclose(in);
+    if (close(fd) != 0 && ok) ok = false, why = strerror(errno);
+    if (!ok) {
+        seterr(err, errlen, "deflated dataset corrupt: %s", why ? why : "cannot inflate");
+        unlink(tmp->c_str());
+        tmp->clear();
+    }
+    return ok;
+}
+
 } // namespace
 
 extern "C" {
@@ -223,6 +338,29 @@ int ml_dcm_open(const char *path, ml_dcm_file **out, char *err, size_t errlen) {
         if (!dcmDataDict.isDictionaryLoaded()) {
             seterr(err, errlen, "DCMTK's data dictionary is not loaded (install libdcmtk17 or set DCMDICTPATH)");
             return ML_DCM_EIO;
+        }
+        long dsoff = 0;
+        if (deflated_dataset_offset(path, &dsoff)) {
+            ml_dcm_file *f = new ml_dcm_file;
+            if (!inflate_to_temp(path, dsoff, &f->inflated, err, errlen)) {
+                delete f;
+                return ML_DCM_EIO;
+            }
+            OFCondition c = f->ff.loadFile(f->inflated.c_str(), EXS_LittleEndianExplicit, EGL_noChange, kLazyBytes,
+                                           ERM_dataset);
+            DcmMetaInfo meta;
+            OFCondition cm = c.good() ? meta.loadFile(path) : c;
+            if (c.bad() || cm.bad()) {
+                seterr(err, errlen, "%s", c.bad() ? c.text() : cm.text());
+                delete f;
+                return ML_DCM_EIO;
+            }
+            // the file's own meta header (it names the deflated syntax) over the inflated dataset
+            DcmMetaInfo *mi = f->ff.getMetaInfo();
+            for (DcmObject *o = meta.nextInContainer(NULL); o && mi; o = meta.nextInContainer(o))
+                mi->insert(OFstatic_cast(DcmElement *, o->clone()), OFTrue);
+            *out = f;
+            return ML_DCM_OK;
         }
         ml_dcm_file *f = new ml_dcm_file;
         OFCondition c = f->ff.loadFile(path, EXS_Unknown, EGL_noChange, kLazyBytes, ERM_autoDetect);
@@ -294,6 +432,8 @@ int ml_dcm_read_header(ml_dcm_file *f, ml_dcm_header *h, char *err, size_t errle
         }
         h->ts_class = classify(xs);
         if (xs == EXS_Unknown) snprintf(h->ts_name, sizeof h->ts_name, "unknown transfer syntax");
+        else if (!f->inflated.empty())
+            copystr(h->ts_name, sizeof h->ts_name, DcmXfer(EXS_DeflatedLittleEndianExplicit).getXferName());
         else copystr(h->ts_name, sizeof h->ts_name, DcmXfer(xs).getXferName());
 
         get_str(ds, DCM_SOPClassUID, h->sop_class, sizeof h->sop_class);

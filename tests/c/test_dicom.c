@@ -600,6 +600,58 @@ ML_TEST(rle_one_bit_segmentation) {
     free(b);
 }
 
+/* deflated datasets are inflated into a temporary file (DCMTK reads an inflating stream's values at
+ * once, so a damaged length was a 3 GB allocation): same pixels as pydicom, damaged streams refused
+ * with the reason, the temporary files gone once the read is over */
+ML_TEST(deflated_files_are_inflated_safely) {
+    const char *src = "fuzz/corpus_dicom_file/image_dfl.dcm";
+    char tdir[600];
+    snprintf(tdir, sizeof tdir, "%s", tpath("tmpdir"));
+    mkdir(tdir, 0755);
+    const char *old = getenv("TMPDIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("TMPDIR", tdir, 1);
+    ml_volume *v = NULL;
+    ML_CHECK_OK(ml_dicom_read(&v, src, NULL));
+    if (v) {
+        ML_CHECK(v->data->shape[0] == 512 && v->data->shape[1] == 512 && v->data->shape[2] == 1);
+        double s = 0;
+        int64_t ix[4] = {0, 0, 0, 0};
+        for (ix[1] = 0; ix[1] < 512; ix[1]++)
+            for (ix[0] = 0; ix[0] < 512; ix[0]++) s += ml_tensor_get(v->data, ix);
+        ML_CHECK_NEAR(s, 33322688, 0.5); /* pydicom: tests/ref/dicom_ref.json, deb_image_dfl.dcm */
+        ml_volume_release(v), v = NULL;
+    }
+    ml_dicom_series_info *info = NULL;
+    int ns = 0;
+    ML_CHECK_OK(ml_dicom_list_series(&info, &ns, "fuzz/corpus_dicom_file", false));
+    for (int i = 0; i < ns; i++)
+        if (strstr(info[i].first_file, "image_dfl"))
+            ML_CHECK(!strcmp(info[i].transfer_syntax, "1.2.840.10008.1.2.1.99") &&
+                     strstr(info[i].ts_name, "Deflated") != NULL);
+    ml_dicom_series_free(info, ns);
+    size_t n = 0;
+    unsigned char *b = read_all(src, &n);
+    ML_CHECK(b != NULL);
+    if (b) {
+        const char *p;
+        unsigned char *c = malloc(n);
+        memcpy(c, b, n);
+        for (size_t i = n / 3; i < n / 3 + 64; i++) c[i] ^= 0x5A; /* damage inside the deflate stream */
+        write_all(p = tpath("dfl_damaged.dcm"), c, n);
+        ml_err e = ml_dicom_read(&v, p, NULL);
+        ML_CHECK(e != ML_OK && strstr(ml_errmsg(), p) != NULL);
+        if (!e) ml_volume_release(v), v = NULL;
+        write_all(p = tpath("dfl_cut.dcm"), b, n / 2); /* the stream cut in the middle */
+        CHECK_READ_FAILS(p, ML_ERR_IO, p, "truncated");
+        free(c);
+        free(b);
+    }
+    ML_CHECK(count_entries(tdir, "medlua_inflated_") == 0);
+    if (saved) setenv("TMPDIR", saved, 1), free(saved);
+    else unsetenv("TMPDIR");
+}
+
 /* the always-present series: meta, native values, 4-D layout */
 ML_TEST(small_series_meta_and_layout) {
     ml_volume *v = NULL;
@@ -1373,6 +1425,7 @@ int main(void) {
     ML_RUN(mosaic_sources_of_the_tile_count);
     ML_RUN(csa_header_parser);
     ML_RUN(rle_one_bit_segmentation);
+    ML_RUN(deflated_files_are_inflated_safely);
     ML_RUN(small_series_meta_and_layout);
     ML_RUN(series_selection_and_listing);
     ML_RUN(assembler_sorts_by_position);
