@@ -331,6 +331,14 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
                     }
                 }
             }
+            /* the same gradient for a later input (a + b): drop this reference now, so that the last
+             * input can take the tensor over instead of copying it */
+            for (int j = i + 1; j < n->nin; j++)
+                if (gin[j] == g) {
+                    ml_tensor_release(gin[i]);
+                    gin[i] = NULL;
+                    break;
+                }
         }
         for (int i = 0; i < n->nin; i++) ml_tensor_release(gin[i]);
         if (e) goto done;
