@@ -200,6 +200,17 @@ ml_err ml_accumulate(ml_tensor **slot, ml_tensor *g) {
     return e;
 }
 
+/* Accumulate into a node's output-gradient slot (internal to backward, never seen by the user): the
+ * first gradient is shared, not copied. Nothing writes a gradient in place unless it holds the only
+ * reference (ml_accumulate's in-place branch checks that), so a second gradient for a shared slot
+ * is added out of place: never more work than copying first. */
+static ml_err accumulate_slot(ml_tensor **slot, ml_tensor *g) {
+    if (*slot) return ml_accumulate(slot, g);
+    ml_tensor_retain(g);
+    *slot = g;
+    return ML_OK;
+}
+
 static int cmp_seq_desc(const void *a, const void *b) {
     const ml_node *x = *(ml_node *const *)a, *y = *(ml_node *const *)b;
     return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
@@ -290,7 +301,7 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
     /* seed */
     {
         ml_node *rn = root->grad_fn;
-        e = ml_accumulate(&rn->gout[root->grad_fn_out], g0);
+        e = accumulate_slot(&rn->gout[root->grad_fn_out], g0);
         if (e) goto done;
         if (root->retain_grad && (e = ml_accumulate(&root->grad, g0))) goto done;
     }
@@ -324,7 +335,7 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
                 e = grad_shape_check(n->name, g, t->ndim, t->shape);
                 if (!e) {
                     if (t->grad_fn) {
-                        e = ml_accumulate(&t->grad_fn->gout[t->grad_fn_out], g);
+                        e = accumulate_slot(&t->grad_fn->gout[t->grad_fn_out], g);
                         if (!e && t->retain_grad) e = ml_accumulate(&t->grad, g);
                     } else {
                         e = ml_accumulate(&t->grad, g);

@@ -240,6 +240,28 @@ ML_TEST(autograd_bookkeeping) {
     ml_tensor_release(x);
 }
 
+/* Backward shares one gradient between node slots (a + b hands g to both); a later gradient for
+ * one of them must be added out of place, and the user's seed gradient is never written. */
+ML_TEST(shared_gradient_slots) {
+    ml_tensor *p = ml_t_randn(1, (int64_t[]){5}, true), *q = ml_t_randn(1, (int64_t[]){5}, true);
+    ml_tensor *a, *b, *s, *t, *u, *y, *g;
+    ML_CHECK_OK(ml_binary_scalar(&a, ML_MUL, p, 1.0, false)); /* interior: a, b have nodes with slots */
+    ML_CHECK_OK(ml_binary_scalar(&b, ML_MUL, q, 1.0, false));
+    ML_CHECK_OK(ml_binary(&s, ML_ADD, a, b));                 /* a's and b's slots get the same g */
+    ML_CHECK_OK(ml_binary_scalar(&t, ML_MUL, a, 3.0, false)); /* ... and a's slot one more */
+    ML_CHECK_OK(ml_binary(&u, ML_ADD, s, t));
+    ML_CHECK_OK(ml_binary(&y, ML_ADD, u, s));                 /* s's slot: two gradients */
+    ML_CHECK_OK(ml_ones(&g, ML_F64, 1, (int64_t[]){5}));
+    ML_CHECK_OK(ml_backward(y, g, false));
+    for (int64_t i = 0; i < 5; i++) {
+        ML_CHECK_NEAR(ml_tensor_get(p->grad, &i), 5.0, 1e-12); /* 2 (via s twice) + 3 */
+        ML_CHECK_NEAR(ml_tensor_get(q->grad, &i), 2.0, 1e-12);
+        ML_CHECK_NEAR(ml_tensor_get(g, &i), 1.0, 0.0);
+    }
+    ml_tensor *ts[] = {p, q, a, b, s, t, u, y, g};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
+}
+
 ML_TEST(deep_graph_release) {
     /* a long chain of views must free without recursion blowing the stack */
     ml_tensor *x = ml_t_randn(1, (int64_t[]){4}, true), *cur = x;
@@ -273,6 +295,7 @@ int main(int argc, char **argv) {
     ML_RUN(copy_broadcast_and_convert);
     ML_RUN(view_gradients);
     ML_RUN(autograd_bookkeeping);
+    ML_RUN(shared_gradient_slots);
     ML_RUN(deep_graph_release);
     ML_RUN(memory_accounting);
     return ml_test_summary();
