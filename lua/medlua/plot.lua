@@ -439,7 +439,7 @@ local function axes(cv, spec, X0, Y0, W, H, r)
   end
   local top = Y0 + 10 + (spec.title and 26 or 0)
   local left = X0 + 12 + (spec.ylabel and 14 or 0) + ylw + 6
-  local right = X0 + W - 16
+  local right = X0 + W - 16 - (r.right_extra or 0)
   local bottom = Y0 + H - 22 - (spec.xlabel and 14 or 0) - xlh
   if right - left < 20 or bottom - top < 20 then error(string.format("%s: %dx%d is too small", r.who, W, H), 4) end
   local function px(x) return left + (x - xmin) / (xmax - xmin) * (right - left) end
@@ -484,18 +484,27 @@ end
 -- Legend box inside frame f, in the corner (top right, top left, bottom right, bottom left) where
 -- covered(x0, y0, x1, y1) -- how much data the box would hide -- is smallest. entries: {name =, color =,
 -- box = true (a filled square, for bars and histograms; else a line), alpha =}.
-local function draw_legend(cv, f, entries, covered)
-  local left, right, top, bottom = f.left, f.right, f.top, f.bottom
+local function legend_width(entries)
   local lw = 0
   for _, e in ipairs(entries) do lw = math.max(lw, text_width(e.name)) end
-  local bw, bh = lw + 36, #entries * 14 + 8
-  local corners = {{right - 8 - bw, top + 8}, {left + 8, top + 8}, {right - 8 - bw, bottom - 8 - bh},
-    {left + 8, bottom - 8 - bh}}
-  local best, best_n = nil, math.huge
-  for _, c in ipairs(corners) do
-    if c[1] > left + 2 and c[2] > top + 2 then
-      local n = covered(c[1] - 4, c[2] - 4, c[1] + bw + 4, c[2] + bh + 4)
-      if n < best_n then best, best_n = c, n end
+  return lw + 36
+end
+
+local function draw_legend(cv, f, entries, covered, outside)
+  local left, right, top, bottom = f.left, f.right, f.top, f.bottom
+  local bw, bh = legend_width(entries), #entries * 14 + 8
+  local best
+  if outside then -- to the right of the frame, at its top (the caller reserved the room)
+    best = {right + 10, top}
+  else
+    local corners = {{right - 8 - bw, top + 8}, {left + 8, top + 8}, {right - 8 - bw, bottom - 8 - bh},
+      {left + 8, bottom - 8 - bh}}
+    local best_n = math.huge
+    for _, c in ipairs(corners) do
+      if c[1] > left + 2 and c[2] > top + 2 then
+        local n = covered(c[1] - 4, c[2] - 4, c[1] + bw + 4, c[2] + bh + 4)
+        if n < best_n then best, best_n = c, n end
+      end
     end
   end
   if not best then return end
@@ -797,7 +806,15 @@ local function render_bars(cv, spec, X0, Y0, W, H)
   local cat_labels = {}
   for r, i in ipairs(order) do cat_labels[r] = labels[i] end
   local cticks = category_ticks(cat_labels, cpos, spec.max_label_chars or 28)
-  local r = {who = who}
+  local entries = {}
+  if type(spec.legend) == "table" then
+    for _, e in ipairs(spec.legend) do entries[#entries + 1] = {name = e.name or e[1], color = e.color or e[2], box = true} end
+  elseif spec.legend ~= false and #data > 1 then
+    for _, d in ipairs(data) do entries[#entries + 1] = {name = d.name, color = d.color, box = true,
+      alpha = spec.alpha or 1, edge = darker(d.color)} end
+  end
+  local outside = #entries > 0 and spec.legend_position == "right"
+  local r = {who = who, right_extra = outside and (legend_width(entries) + 10) or 0}
   if horizontal then
     r.xmin, r.xmax, r.ymin, r.ymax = lo, hi, 0.5, n + 0.5
     r.xticks, r.yticks, r.ygrid = vticks, cticks, false
@@ -827,7 +844,8 @@ local function render_bars(cv, spec, X0, Y0, W, H)
   local labels_to_draw = {}
   for rank, i in ipairs(order) do
     for si, d in ipairs(data) do
-      local c0 = cpos(rank) - group / 2 + (si - 1) * bw
+      -- series left to right, or top to bottom (the legend's order)
+      local c0 = horizontal and (cpos(rank) + group / 2 - si * bw) or (cpos(rank) - group / 2 + (si - 1) * bw)
       local a, b = cvc(c0 + bw * 0.06), cvc(c0 + bw * 0.94)
       if a > b then a, b = b, a end
       a, b = math.floor(a + 0.5), math.floor(b + 0.5) - 1
@@ -897,14 +915,7 @@ local function render_bars(cv, spec, X0, Y0, W, H)
     local b = math.floor(base + 0.5)
     if horizontal then cv:vline(b, f.top, f.bottom, BLACK) else cv:hline(f.left, f.right, b, BLACK) end
   end
-  local entries = {}
-  if type(spec.legend) == "table" then
-    for _, e in ipairs(spec.legend) do entries[#entries + 1] = {name = e.name or e[1], color = e.color or e[2], box = true} end
-  elseif spec.legend ~= false and ns > 1 then
-    for _, d in ipairs(data) do entries[#entries + 1] = {name = d.name, color = d.color, box = true, alpha = alpha,
-      edge = darker(d.color)} end
-  end
-  if #entries > 0 then draw_legend(cv, f, entries, function(...) return ink(cv, ...) end) end
+  if #entries > 0 then draw_legend(cv, f, entries, function(...) return ink(cv, ...) end, outside) end
   return f
 end
 
@@ -989,10 +1000,15 @@ local function render_hist(cv, spec, X0, Y0, W, H)
   if spec.xlim then xmin, xmax = spec.xlim[1], spec.xlim[2] end
   local ymin, ymax = 0, cmax > 0 and cmax * 1.08 or 1
   if spec.ylim then ymin, ymax = spec.ylim[1], spec.ylim[2] end
-  local f = axes(cv, spec, X0, Y0, W, H, {who = who, xmin = xmin, xmax = xmax, ymin = ymin, ymax = ymax,
-    xticks = linear_ticks(xmin, xmax, math.max(4, math.floor(W / 90))),
-    yticks = value_ticks(ymin, ymax, 6, not spec.density)})
   local alpha = spec.alpha or (#data > 1 and 0.45 or 0.75)
+  local entries = {}
+  for i, d in ipairs(data) do
+    entries[i] = {name = d.name, color = d.color, box = true, alpha = alpha, edge = darker(d.color, 0.8)}
+  end
+  local outside = spec.legend ~= false and spec.legend_position == "right"
+  local f = axes(cv, spec, X0, Y0, W, H, {who = who, xmin = xmin, xmax = xmax, ymin = ymin, ymax = ymax,
+    xticks = linear_ticks(xmin, xmax, math.max(4, math.floor((W - (outside and legend_width(entries) or 0)) / 90))),
+    yticks = value_ticks(ymin, ymax, 6, not spec.density), right_extra = outside and (legend_width(entries) + 10) or 0})
   cv.clip = {f.left + 1, f.top + 1, f.right - 1, f.bottom - 1}
   for _, d in ipairs(data) do
     local y0 = f.py(0)
@@ -1034,13 +1050,7 @@ local function render_hist(cv, spec, X0, Y0, W, H)
   end
   reference_lines(cv, f, spec.ref_lines, true)
   cv:rect(f.left, f.top, f.right, f.bottom, BLACK)
-  if spec.legend ~= false then
-    local entries = {}
-    for i, d in ipairs(data) do
-      entries[i] = {name = d.name, color = d.color, box = true, alpha = alpha, edge = darker(d.color, 0.8)}
-    end
-    draw_legend(cv, f, entries, function(...) return ink(cv, ...) end)
-  end
+  if spec.legend ~= false then draw_legend(cv, f, entries, function(...) return ink(cv, ...) end, outside) end
   return f
 end
 
@@ -1203,7 +1213,8 @@ end
 
 --- plot.bars{labels = {...}, values = {...}, errors = {...}, colors = {per bar}, horizontal = false,
 ---   sort = false | true/"descending" | "ascending", value_labels = true, value_format = "%.3f",
----   ref_lines = {0.5, {value = 0.9, label = "0.9", color = {r, g, b}}}, legend = {{name =, color =}},
+---   ref_lines = {0.5, {value = 0.9, label = "0.9", color = {r, g, b}}}, legend = {{name =, color =}} (or false),
+---   legend_position = "auto" (inside, in the emptiest corner) | "right" (outside the frame),
 ---   series = {{name =, values =, errors =, color =}, ...} (grouped bars), title, xlabel, ylabel, xlim/ylim
 ---   (the value axis), width, height} -> uint8 image [H, W, 3], frame {left, right, top, bottom}
 --- NaN values get no bar and an "n/a" label. A horizontal chart without a height grows with the labels.
@@ -1220,6 +1231,7 @@ end
 
 --- plot.hist{values = list|tensor or series = {{name =, values =, color =}, ...}, bins = 20 | {edges},
 ---   range = {lo, hi}, density = false, alpha (0.75 one series, 0.45 overlaid), median_lines = false,
+---   legend = false to omit it, legend_position = "auto" | "right",
 ---   ref_lines, title, xlabel, ylabel, xlim, ylim, width, height} -> image, frame
 --- NaN and infinite values are skipped (the legend says how many).
 function plot.hist(spec) return chart("hist", spec, {800, 500}) end
