@@ -56,6 +56,7 @@ local args = cli.parse(arg, {
   {"--out", "", "output folder ('' = RUN/analysis)"},
   {"--threshold", -1.0, "probability threshold (-1: config.json's, else 0.5)"},
   {"--batch-size", 16, "slices per forward pass"},
+  {"--prob-memory", 2.0, "GB of probabilities held at once (more structures than fit: several inference passes)"},
   {"--tolerance", 3.0, "surface Dice tolerance in mm"},
   {"--masks", false, "also write one binary NIfTI per predicted structure"},
   {"--vis-subjects", 2, "subjects shown in segmentation_visualization"},
@@ -135,6 +136,7 @@ local vis_subjects, vis_slices = math.tointeger(args.vis_subjects), math.tointeg
 if not vis_subjects or vis_subjects < 0 or not vis_slices or vis_slices < 1 or vis_slices > 12 then
   die("--vis-subjects must be an integer >= 0 and --vis-slices one in 1..12")
 end
+if not (args.prob_memory > 0) then die("--prob-memory must be > 0 (GB)") end
 local smooth_iters = math.tointeger(args.mesh_smooth)
 if not smooth_iters or smooth_iters < 0 then die("--mesh-smooth must be an integer >= 0") end
 
@@ -416,7 +418,6 @@ end
 local rows = {}         -- one per subject and structure
 local vis = {}          -- slices kept for the figure
 local mesh_mod
-local mesh_files = {}
 local t_infer, t_metrics, t_mesh = 0, 0, 0
 
 local function process(si, s)
@@ -457,31 +458,44 @@ local function process(si, s)
   io.write(string.format("[%d/%d] %s  %s  spacing (%.3g, %.3g, %.3g) mm: inference", si, #subjects, s.name,
     table.concat(ct.shape, "x"), sp[1], sp[2], sp[3]))
   io.flush()
-  local chans = {}
-  for k, st in ipairs(structures) do chans[k] = st.channel end
-  local okp, probs = pcall(totalseg.predict_volume, net, ct, cfg, {batch_size = batch_size, channels = chans})
-  if not okp then error(s.ct .. ": inference failed: " .. ts_msg(probs), 0) end
-  if not medlua.is_tensor(probs) or probs:dim() ~= 4 or probs:size(0) ~= K or probs:size(1) ~= ct.shape[1] or
-    probs:size(2) ~= ct.shape[2] or probs:size(3) ~= ct.shape[3] then
-    error(string.format("totalseg.predict_volume returned %s, expected [%d, %s] probabilities on the CT grid",
-      medlua.is_tensor(probs) and ("[" .. table.concat(probs:size(), ", ") .. "]") or type(probs), K,
-      table.concat(ct.shape, ", ")), 0)
+  -- probabilities of at most --prob-memory GB at a time: structures in chunks (each one inference pass)
+  local nvox = ct.shape[1] * ct.shape[2] * ct.shape[3]
+  local chunk = math.max(1, math.min(K, math.floor(args.prob_memory * 2 ^ 30 / (4 * nvox))))
+  local probs, c0
+  local function predict(k0)
+    local chans = {}
+    for k = k0, math.min(K, k0 + chunk - 1) do chans[#chans + 1] = structures[k].channel end
+    local tp = medlua.clock()
+    probs = nil
+    collectgarbage()
+    local okp, pr = pcall(totalseg.predict_volume, net, ct, cfg, {batch_size = batch_size, channels = chans})
+    if not okp then error(s.ct .. ": inference failed: " .. ts_msg(pr), 0) end
+    if not medlua.is_tensor(pr) or pr:dim() ~= 4 or pr:size(0) ~= #chans or pr:size(1) ~= ct.shape[1] or
+      pr:size(2) ~= ct.shape[2] or pr:size(3) ~= ct.shape[3] then
+      error(string.format("totalseg.predict_volume returned %s, expected [%d, %s] probabilities on the CT grid",
+        medlua.is_tensor(pr) and ("[" .. table.concat(pr:size(), ", ") .. "]") or type(pr), #chans,
+        table.concat(ct.shape, ", ")), 0)
+    end
+    probs, c0 = pr, k0
+    t_infer = t_infer + (medlua.clock() - tp)
   end
+  predict(1)
   local t1 = medlua.clock()
-  t_infer = t_infer + (t1 - t0)
-  io.write(string.format(" %.1f s, metrics", t1 - t0))
+  local t_infer_1 = t_infer
+  io.write(string.format(" %.1f s%s, metrics", t1 - t0, chunk < K and string.format(" (pass 1 of %d, %d structure%s "
+    .. "each: --prob-memory)", (K + chunk - 1) // chunk, chunk, chunk == 1 and "" or "s") or ""))
   io.flush()
   local idx_dtype = K <= 255 and "uint8" or "int32"
   -- the multi-label prediction: at each voxel the most probable structure above the threshold
   local best_p = medlua.zeros(ct.shape, {dtype = "float32"})
   local pred_idx = medlua.zeros(ct.shape, {dtype = idx_dtype})
   local gt_idx = medlua.zeros(ct.shape, {dtype = idx_dtype})
-  local values = {0}
-  local masks_out = {}
+  local pred_dir = join(tmp, "predictions")
+  os.execute("mkdir -p " .. q(pred_dir) .. (args.masks and (" " .. q(join(pred_dir, s.name))) or ""))
   local meshes_pred, meshes_gt = {}, {}
   for k, st in ipairs(structures) do
-    values[k + 1] = st.value
-    local p = probs:select(0, k - 1)
+    if k >= c0 + chunk then predict(k) end
+    local p = probs:select(0, k - c0)
     local pm = p:gt(threshold)
     local g = gt_of(k)
     local upd = pm:logical_and(p:gt(best_p))
@@ -506,7 +520,11 @@ local function process(si, s)
     end
     r.gt_present, r.detected = gn > 0, gn > 0 and pn > 0
     rows[#rows + 1] = r
-    if args.masks and pn > 0 then masks_out[#masks_out + 1] = {st.name, pb} end
+    if args.masks and pn > 0 then -- a binary mask per predicted structure (TotalSegmentator's layout)
+      local mv = ct:with_data(pb)
+      mv.is_label = true
+      mv:save(join(join(pred_dir, s.name), st.name .. ".nii.gz"))
+    end
     if args.meshes then
       local tm = medlua.clock()
       mesh_mod = mesh_mod or require("medlua.mesh")
@@ -523,24 +541,14 @@ local function process(si, s)
     end
   end
   probs, best_p, gt_of = nil, nil, nil
-  -- NIfTI outputs in the CT's geometry
-  local lut = medlua.tensor(values, {dtype = "int64"})
-  local lab = lut:index_select(0, pred_idx:long():flatten()):view(table.unpack(ct.shape))
+  -- NIfTI outputs in the CT's geometry: structure indices -> TotalSegmentator label values
   local maxv = 0
-  for _, v in ipairs(values) do maxv = math.max(maxv, v) end
-  local seg = ct:with_data(maxv <= 255 and lab:byte() or lab:int())
+  for _, st in ipairs(structures) do maxv = math.max(maxv, st.value) end
+  local lab = medlua.zeros(ct.shape, {dtype = maxv <= 255 and "uint8" or "int32"})
+  for k, st in ipairs(structures) do lab = medlua.where(pred_idx:eq(k), st.value, lab) end
+  local seg = ct:with_data(lab)
   seg.is_label = true
-  os.execute("mkdir -p " .. q(join(tmp, "predictions")))
-  seg:save(join(join(tmp, "predictions"), s.name .. "_seg.nii.gz"))
-  if #masks_out > 0 then
-    local d = join(join(tmp, "predictions"), s.name)
-    os.execute("mkdir -p " .. q(d))
-    for _, mo in ipairs(masks_out) do
-      local mv = ct:with_data(mo[2])
-      mv.is_label = true
-      mv:save(join(d, mo[1] .. ".nii.gz"))
-    end
-  end
+  seg:save(join(pred_dir, s.name .. "_seg.nii.gz"))
   -- meshes
   if args.meshes then
     local tm = medlua.clock()
@@ -557,7 +565,6 @@ local function process(si, s)
       for _, m in ipairs(meshes_pred) do mesh_mod.write_ply(join(join(tmp, base), "prediction_" .. m.name .. ".ply"), m.mesh, {color = m.color}) end
       for _, m in ipairs(meshes_gt) do mesh_mod.write_ply(join(join(tmp, base), "ground_truth_" .. m.name .. ".ply"), m.mesh, {color = m.color}) end
     end
-    mesh_files[#mesh_files + 1] = base
     t_mesh = t_mesh + medlua.clock() - tm
   end
   -- slices for the figure: spread over the ground truth's axial extent
@@ -596,14 +603,14 @@ local function process(si, s)
     end
   end
   local t2 = medlua.clock()
-  t_metrics = t_metrics + (t2 - t1)
+  t_metrics = t_metrics + (t2 - t1) - (t_infer - t_infer_1)
   local present, s_d, n_d = 0, 0, 0
   for i = #rows - K + 1, #rows do
     local r = rows[i]
     if r.gt_present then present = present + 1; s_d = s_d + r.dice; n_d = n_d + 1 end
   end
-  print(string.format(" %.1f s; %d/%d structures in the ground truth, mean Dice %s", t2 - t1, present, K,
-    n_d > 0 and string.format("%.4f", s_d / n_d) or "n/a"))
+  print(string.format(" %.1f s; %d/%d structures in the ground truth, mean Dice %s", t2 - t1 - (t_infer - t_infer_1),
+    present, K, n_d > 0 and string.format("%.4f", s_d / n_d) or "n/a"))
   collectgarbage()
 end
 

@@ -185,11 +185,12 @@ T.case("TotalSegmentator layout: every output, NaN for a structure absent from t
   T.eq(#read_csv(out_dir .. "/evaluation_results_tiny.csv"), 1)
 end)
 
-T.case("CT as a DICOM series + multi-label map + label table", function()
+T.case("CT as a DICOM series + multi-label map + label table, probabilities in chunks", function()
   local out_dir = root .. "/results/b"
   local out, code = run(RECIPE .. "--image data/samples/example_ct_dicom --label data/samples/example_seg_dicom.nii.gz "
-    .. "--label-table " .. TABLE .. " --out " .. out_dir .. " --no-meshes --vis-subjects 1 --vis-slices 1")
+    .. "--label-table " .. TABLE .. " --out " .. out_dir .. " --no-meshes --vis-subjects 1 --vis-slices 1 --prob-memory 0.01")
   T.eq(code, 0, out)
+  T.ok(out:find("pass 1 of 3, 1 structure each", 1, true), "10 MB of probabilities: one structure per pass: " .. out)
   local rows = read_csv(out_dir .. "/evaluation_results_run.csv") -- --name defaults to the run folder's name
   T.eq(#rows, 3)
   local by = {}
