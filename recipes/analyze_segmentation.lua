@@ -176,24 +176,32 @@ if run_name:find("[/%c]") then die("--name must not contain '/' or control chara
 local out_dir = (args.out ~= "" and args.out or join(run, "analysis")):gsub("/+$", "")
 if exists(out_dir) and not is_dir(out_dir) then die(out_dir .. ": exists and is not a folder (--out)") end
 
--- label_map.json: when present, its names must be the config's (it is what the training wrote)
+-- label_map.json: when present, its structures must be the config's ({structures = {{name, channel (0-based),
+-- value}, ...}} as train_unet2d.lua writes it, or a list of names)
 do
   local lp = join(run, "label_map.json")
   if exists(lp) then
     local ok2, lmj = pcall(json.read, lp)
     if not ok2 then die(lp .. ": " .. clean(lmj):gsub("^json%.read: ", "")) end
-    local names
-    if type(lmj) == "table" and type(lmj.structures) == "table" then names = lmj.structures
-    elseif type(lmj) == "table" and type(lmj.names) == "table" then names = lmj.names
-    elseif type(lmj) == "table" and #lmj > 0 then names = lmj end
-    if names then
-      local off = (#names == K_all + 1 and names[1] == "background") and 1 or 0
-      for i = 1, K_all do
-        if names[i + off] ~= nil and names[i + off] ~= cfg.structures[i] then
-          die(string.format("%s: channel %d is '%s' but %s says '%s'", lp, i, tostring(names[i + off]), cfg_path,
-            cfg.structures[i]))
-        end
+    local list = type(lmj) == "table" and (lmj.structures or lmj.names or (#lmj > 0 and lmj)) or nil
+    if type(list) ~= "table" then die(lp .. ": expected {structures = [{name, channel, value}, ...]}") end
+    for i, e in ipairs(list) do
+      local name, ch, val = e, i, nil
+      if type(e) == "table" then
+        name, val = e.name, e.value
+        if e.channel ~= nil then ch = (math.tointeger(e.channel) or -1) + 1 end
       end
+      if cfg.structures[ch] ~= name then
+        die(string.format("%s: channel %d is '%s' but %s says '%s'", lp, ch - 1, tostring(name), cfg_path,
+          tostring(cfg.structures[ch])))
+      end
+      if val ~= nil and cfg.label_values and cfg.label_values[ch] ~= val then
+        die(string.format("%s: '%s' has label value %s but %s says %s", lp, name, tostring(val), cfg_path,
+          tostring(cfg.label_values[ch])))
+      end
+    end
+    if #list ~= K_all then
+      die(string.format("%s lists %d structures but %s has %d", lp, #list, cfg_path, K_all))
     end
   end
 end
