@@ -254,6 +254,72 @@ ml_err mld_md_any(dnnl_memory_desc_t *md, const char *op, int ndims, const int64
     return ML_OK;
 }
 
+/* ------------------------------------------------------- NC16 blocked tensors */
+static dnnl_format_tag_t nc16_tag(int ndims) {
+    return ndims == 3 ? dnnl_aBc16b : ndims == 4 ? dnnl_aBcd16b : ndims == 5 ? dnnl_aBcde16b : dnnl_format_tag_undef;
+}
+
+ml_err mld_md_nc16(dnnl_memory_desc_t *md, const char *op, int ndims, const int64_t *dims) {
+    dnnl_dims_t d;
+    for (int i = 0; i < ndims; i++) d[i] = dims[i];
+    MLD_TRY(dnnl_memory_desc_init_by_tag(md, ndims, d, dnnl_f32, nc16_tag(ndims)), op, "memory descriptor");
+    return ML_OK;
+}
+
+bool mld_nc16_shape_ok(int ndims, const int64_t *dims) {
+    return ndims >= 3 && ndims <= 5 && dims[1] > 0 && dims[1] % 16 == 0;
+}
+
+bool mld_md_is_nc16(const dnnl_memory_desc_t *md, int ndims, const int64_t *dims) {
+    if (!mld_nc16_shape_ok(ndims, dims)) return false;
+    dnnl_memory_desc_t b;
+    if (mld_md_nc16(&b, "layout", ndims, dims)) return false;
+    return dnnl_memory_desc_equal(md, &b) != 0;
+}
+
+enum { NC16K = 0x4e433136 };
+
+static ml_err nc16_build(mld_entry *e, void *ud) {
+    const ml_tensor *t = ud;
+    ml_err err;
+    if ((err = mld_md_nc16(&e->md[0], "layout", t->ndim, t->shape)) ||
+        (err = mld_md_plain(&e->md[1], "layout", t->ndim, t->shape)))
+        return err;
+    return mld_make_reorder(&e->rd[0], "layout", &e->md[0], &e->md[1]);
+}
+
+/* ML_LAYOUT_NC16 -> plain strides, in place: reorder into a new buffer that replaces the storage's */
+static ml_err nc16_to_plain(ml_tensor *t) {
+    if (t->layout != ML_LAYOUT_NC16) return ML_OK;
+    mld_key key = {.n = 0};
+    mld_k(&key, NC16K);
+    mld_k(&key, t->ndim);
+    mld_ka(&key, t->ndim, t->shape);
+    mld_entry *e;
+    ml_err err = mld_get(&e, key.w, key.n, nc16_build, t);
+    if (err) return err;
+    size_t nb = t->storage->nbytes;
+    void *p = ml_alloc_bytes(nb);
+    if (!p) { mld_put(e); return ML_ERR_OOM; }
+    if (e->rd[0]) err = mld_reorder("layout", e->rd[0], &e->md[0], ml_tensor_data(t), &e->md[1], p);
+    else memcpy(p, ml_tensor_data(t), nb);
+    mld_put(e);
+    if (err) { ml_free_bytes(p, nb); return err; }
+    ml_free_bytes(t->storage->data, nb);
+    t->storage->data = p;
+    t->layout = 0;
+    ml_contiguous_strides(t->ndim, t->shape, t->stride);
+    return ML_OK;
+}
+
+void mld_mark_nc16(ml_tensor *t) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, mld_register_layouts);
+    t->layout = ML_LAYOUT_NC16;
+}
+
+void mld_register_layouts(void) { ml_register_layout_plain(ML_LAYOUT_NC16, nc16_to_plain); }
+
 /* ------------------------------------------------------------ scratch pool */
 #define MLD_POOL_MAX 6
 #define MLD_POOL_BYTES ((size_t)1 << 30)

@@ -456,20 +456,33 @@ static ml_err dconv_get_prepad(mld_entry **out, const cgeo *g, const cgeo *gp, b
     return mld_get(out, key.w, key.n, dconv_build, &b);
 }
 
-/* y = conv(x, w) + b, all contiguous f32. */
-static ml_err dconv_fwd(const cgeo *g, bool training, const float *x, const float *w, const float *b, float *y) {
+/* The layouts of x (or the input gradient) and y: NC16 when the primitive uses exactly that layout
+ * for a tensor of these dims; such a tensor is read or written in place, anything else is
+ * reordered from/to plain strides. */
+static bool prim_nc16(const mld_entry *e, int slot, const cgeo *g, bool x_side) {
+    int64_t d[5];
+    if (x_side) x_shape(g, d);
+    else y_shape(g, d);
+    return mld_md_is_nc16(&e->md[slot], g->k + 2, d);
+}
+
+/* y = conv(x, w) + b, f32; x plain-contiguous or NC16 (made plain here if the primitive wants
+ * another layout); y is written in NC16 when that is the primitive's layout, else plain. */
+static ml_err dconv_fwd(const cgeo *g, bool training, ml_tensor *x, const float *w, const float *b, ml_tensor *y) {
     const char *op = cname(g);
     mld_entry *e;
     ml_err err = dconv_get(&e, g, training ? P_FWD_TRAIN : P_FWD_INFER, b != NULL);
     if (err) return err;
     if (e->unsupported) { mld_put(e); return ml_seterr(ML_ERR_UNSUPPORTED, "%s: no oneDNN implementation", op); }
     mld_buf ts = {0}, tw = {0}, td = {0};
-    void *sp_ = NULL, *wp = NULL, *dp = y;
+    void *sp_ = NULL, *wp = NULL, *dp = ml_tensor_data(y);
     mld_args A = {0};
-    if ((err = mld_to_prim(op, e->rd[0], &e->md[0], x, &e->md[4], &ts, &sp_)) ||
-        (err = mld_to_prim(op, e->rd[1], &e->md[1], w, &e->md[5], &tw, &wp)))
-        goto done;
-    if (e->rd[2]) {
+    bool yblk = prim_nc16(e, 6, g, false);
+    if (x->layout && !prim_nc16(e, 4, g, true) && (err = ml_tensor_plain(x))) goto done;
+    if (x->layout) sp_ = ml_tensor_data(x);
+    else if ((err = mld_to_prim(op, e->rd[0], &e->md[0], ml_tensor_data(x), &e->md[4], &ts, &sp_))) goto done;
+    if ((err = mld_to_prim(op, e->rd[1], &e->md[1], w, &e->md[5], &tw, &wp))) goto done;
+    if (e->rd[2] && !yblk) {
         if ((err = mld_buf_alloc(&td, dnnl_memory_desc_get_size(&e->md[6]), op))) goto done;
         dp = td.p;
     }
@@ -480,7 +493,8 @@ static ml_err dconv_fwd(const cgeo *g, bool training, const float *x, const floa
         goto done;
     }
     if ((err = mld_exec(op, e->prim, &A))) goto done;
-    if (e->rd[2]) err = mld_reorder(op, e->rd[2], &e->md[6], dp, &e->md[2], y);
+    if (yblk) mld_mark_nc16(y);
+    else if (e->rd[2]) err = mld_reorder(op, e->rd[2], &e->md[6], dp, &e->md[2], ml_tensor_data(y));
 done:
     mld_buf_free(&ts);
     mld_buf_free(&tw);
@@ -489,23 +503,54 @@ done:
     return err;
 }
 
-/* gx = conv backward-data (if gx), gw (+ gb) = backward-weights (if gw). */
-static ml_err dconv_bwd(const cgeo *g, const float *x, const float *w, const float *gy, float *gx, float *gw,
-                        float *gb) {
+/* oneDNN's jit backward-weights kernels take depth padding themselves (avx512); the prepadded copy
+ * (prepad_geo) is only for implementations that do not (avx2 jit rejects it, gemm/ref are slow). */
+static bool impl_is_jit(const mld_entry *e) {
+    const char *name = NULL;
+    if (!e->pd || dnnl_primitive_desc_query(e->pd, dnnl_query_impl_info_str, 0, &name) != dnnl_success || !name)
+        return false;
+    return strncmp(name, "jit", 3) == 0 || strncmp(name, "brg", 3) == 0;
+}
+
+/* gx = conv backward-data (if gx), gw (+ gb) = backward-weights (if gw). x (for gw) and gy are
+ * plain-contiguous or NC16; gx is written in NC16 when gx_nc16 allows it and the primitive uses it. */
+static ml_err dconv_bwd(const cgeo *g, ml_tensor *x, const float *w, ml_tensor *gy, ml_tensor *gx, float *gw,
+                        float *gb, bool gx_nc16) {
     const char *op = cname(g);
     mld_entry *ed = NULL, *ew = NULL;
     mld_buf tdd = {0}, tw = {0}, tds = {0}, tsrc = {0}, tdd2 = {0}, tdw = {0};
     mld_args A = {0};
     ml_err err = ML_OK;
     void *ddp = NULL;
+    bool prep = false;
+    cgeo gp;
+    /* primitives first: they decide which blocked inputs can be read in place */
     if (gx) {
         if ((err = dconv_get(&ed, g, P_BWD_DATA, false))) goto done;
         if (ed->unsupported) { err = ml_seterr(ML_ERR_UNSUPPORTED, "%s: no oneDNN backward-data implementation", op); goto done; }
-        void *wp, *dsp = gx;
-        if ((err = mld_to_prim(op, ed->rd[0], &ed->md[2], gy, &ed->md[6], &tdd, &ddp)) ||
-            (err = mld_to_prim(op, ed->rd[1], &ed->md[1], w, &ed->md[5], &tw, &wp)))
-            goto done;
-        if (ed->rd[2]) {
+    }
+    if (gw) {
+        prep = prepad_geo(g, &gp);
+        if ((err = dconv_get(&ew, g, P_BWD_W, gb != NULL))) goto done;
+        if (prep && !ew->unsupported && impl_is_jit(ew)) prep = false;
+        if (prep) {
+            mld_put(ew);
+            ew = NULL;
+            if ((err = dconv_get_prepad(&ew, g, &gp, gb != NULL))) goto done;
+        }
+        if (ew->unsupported) { err = ml_seterr(ML_ERR_UNSUPPORTED, "%s: no oneDNN backward-weights implementation", op); goto done; }
+    }
+    if (gy->layout && ((ed && !prim_nc16(ed, 6, g, false)) || (ew && (!prim_nc16(ew, 6, g, false) || (prep && g->tr)))) &&
+        (err = ml_tensor_plain(gy)))
+        goto done;
+    if (ew && x->layout && (!prim_nc16(ew, 4, g, true) || (prep && !g->tr)) && (err = ml_tensor_plain(x))) goto done;
+    if (gx) {
+        void *wp, *dsp = ml_tensor_data(gx);
+        bool xblk = gx_nc16 && prim_nc16(ed, 4, g, true);
+        if (gy->layout) ddp = ml_tensor_data(gy);
+        else if ((err = mld_to_prim(op, ed->rd[0], &ed->md[2], ml_tensor_data(gy), &ed->md[6], &tdd, &ddp))) goto done;
+        if ((err = mld_to_prim(op, ed->rd[1], &ed->md[1], w, &ed->md[5], &tw, &wp))) goto done;
+        if (ed->rd[2] && !xblk) {
             if ((err = mld_buf_alloc(&tds, dnnl_memory_desc_get_size(&ed->md[4]), op))) goto done;
             dsp = tds.p;
         }
@@ -516,29 +561,31 @@ static ml_err dconv_bwd(const cgeo *g, const float *x, const float *w, const flo
             goto done;
         }
         if ((err = mld_exec(op, ed->prim, &A))) goto done;
-        if (ed->rd[2] && (err = mld_reorder(op, ed->rd[2], &ed->md[4], dsp, &ed->md[0], gx))) goto done;
+        if (xblk) mld_mark_nc16(gx);
+        else if (ed->rd[2] && (err = mld_reorder(op, ed->rd[2], &ed->md[4], dsp, &ed->md[0], ml_tensor_data(gx)))) goto done;
         mld_buf_free(&tw);
         mld_buf_free(&tds);
     }
     if (gw) {
-        cgeo gp;
-        bool prep = prepad_geo(g, &gp);
-        if ((err = prep ? dconv_get_prepad(&ew, g, &gp, gb != NULL) : dconv_get(&ew, g, P_BWD_W, gb != NULL))) goto done;
-        if (ew->unsupported) { err = ml_seterr(ML_ERR_UNSUPPORTED, "%s: no oneDNN backward-weights implementation", op); goto done; }
         void *srcp = NULL, *dd2 = NULL, *dwp = gw;
         mld_buf *padbuf = g->tr ? &tdd2 : &tsrc;
         if (prep) { /* zeroed padded buffer with the big-side tensor copied into its interior */
             int slot = g->tr ? 6 : 4;
             if ((err = mld_buf_alloc(padbuf, dnnl_memory_desc_get_size(&ew->md[slot]), op))) goto done;
             memset(padbuf->p, 0, padbuf->n);
-            if ((err = mld_reorder(op, ew->rd[3], &ew->md[7], g->tr ? gy : x, &ew->md[8], padbuf->p))) goto done;
+            if ((err = mld_reorder(op, ew->rd[3], &ew->md[7], ml_tensor_data(g->tr ? gy : x), &ew->md[8], padbuf->p)))
+                goto done;
             if (g->tr) dd2 = padbuf->p;
             else srcp = padbuf->p;
         }
-        if (!srcp && (err = mld_to_prim(op, ew->rd[0], &ew->md[0], x, &ew->md[4], &tsrc, &srcp))) goto done;
+        if (!srcp) {
+            if (x->layout) srcp = ml_tensor_data(x);
+            else if ((err = mld_to_prim(op, ew->rd[0], &ew->md[0], ml_tensor_data(x), &ew->md[4], &tsrc, &srcp))) goto done;
+        }
         if (!dd2) {
-            if (ed && ddp && dnnl_memory_desc_equal(&ed->md[6], &ew->md[6])) dd2 = ddp; /* reuse the reordered gy */
-            else if ((err = mld_to_prim(op, ew->rd[2], &ew->md[2], gy, &ew->md[6], &tdd2, &dd2))) goto done;
+            if (gy->layout) dd2 = ml_tensor_data(gy);
+            else if (ed && ddp && dnnl_memory_desc_equal(&ed->md[6], &ew->md[6])) dd2 = ddp; /* reuse the reordered gy */
+            else if ((err = mld_to_prim(op, ew->rd[2], &ew->md[2], ml_tensor_data(gy), &ew->md[6], &tdd2, &dd2))) goto done;
         }
         if (ew->rd[1]) {
             if ((err = mld_buf_alloc(&tdw, dnnl_memory_desc_get_size(&ew->md[5]), op))) goto done;
@@ -685,6 +732,16 @@ static ml_err conv_forward(const cgeo *g, bool training, ml_tensor *x, ml_tensor
     ml_tensor *y;
     ml_err e = ml_tensor_empty(&y, dt, g->k + 2, ys);
     if (e) return e;
+    if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g) && !direct_fwd_ok(g)) {
+        e = dconv_fwd(g, training, x, ml_tensor_data(w), b ? ml_tensor_data(b) : NULL, y);
+        if (e != ML_ERR_UNSUPPORTED) {
+            if (e) { ml_tensor_release(y); return e; }
+            *out = y;
+            return ML_OK;
+        }
+    }
+    /* everything below reads plain strides */
+    if ((e = ml_tensor_plain(x))) { ml_tensor_release(y); return e; }
     if (dt == ML_F32 && !any_empty(g) && direct_fwd_ok(g)) {
         e = direct_fwd(g, ml_tensor_data(x), ml_tensor_data(w), b ? ml_tensor_data(b) : NULL, ml_tensor_data(y));
         if (e != ML_ERR_UNSUPPORTED) {
@@ -692,11 +749,8 @@ static ml_err conv_forward(const cgeo *g, bool training, ml_tensor *x, ml_tensor
             *out = y;
             return ML_OK;
         }
-    }
-    if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g)) {
-        e = dconv_fwd(g, training, ml_tensor_data(x), ml_tensor_data(w), b ? ml_tensor_data(b) : NULL,
-                      ml_tensor_data(y));
-        if (e != ML_ERR_UNSUPPORTED) {
+        if ((e = dnnl_geometry_ok(g) ? dconv_fwd(g, training, x, ml_tensor_data(w), b ? ml_tensor_data(b) : NULL, y)
+                                     : ML_ERR_UNSUPPORTED) != ML_ERR_UNSUPPORTED) {
             if (e) { ml_tensor_release(y); return e; }
             *out = y;
             return ML_OK;
@@ -722,8 +776,9 @@ static ml_err conv_forward(const cgeo *g, bool training, ml_tensor *x, ml_tensor
 }
 
 /* gradients; any of gx/gw/gb may be NULL (not wanted). x needed for gw, w for gx. */
+/* x (when gw is wanted) and gy are plain-contiguous or NC16; gx may come back in NC16 if gx_nc16 */
 static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor *gy, ml_tensor **gx, ml_tensor **gw,
-                            ml_tensor **gb) {
+                            ml_tensor **gb, bool gx_nc16) {
     ml_dtype dt = (ml_dtype)gy->dtype;
     int64_t xs[5], ws[5];
     x_shape(g, xs);
@@ -735,7 +790,9 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
     bool bias_done = false;
     /* what the direct kernels do not compute goes to oneDNN (or the reference) below */
     ml_tensor *rx = tx, *rw = tw;
-    if (dt == ML_F32 && !any_empty(g)) {
+    if (dt == ML_F32 && !any_empty(g) && ((rx && direct_bwd_data_ok(g)) || (rw && direct_wgrad_ok(g)))) {
+        /* the direct kernels read plain strides */
+        if ((e = ml_tensor_plain(gy)) || (x && (e = ml_tensor_plain(x)))) goto fail;
         if (rx && direct_bwd_data_ok(g)) {
             e = direct_bwd_data(g, ml_tensor_data(w), ml_tensor_data(gy), ml_tensor_data(tx));
             if (e && e != ML_ERR_UNSUPPORTED) goto fail;
@@ -759,8 +816,8 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
     if (dt == ML_F32 && !any_empty(g) && dnnl_geometry_ok(g)) {
         ml_tensor *db = NULL; /* bias gradient from oneDNN's backward-weights */
         if (rw && gb && !prepad_drops_planes(g) && (e = ml_tensor_empty(&db, dt, 1, &g->Cout))) goto fail;
-        e = dconv_bwd(g, x ? ml_tensor_data(x) : NULL, w ? ml_tensor_data(w) : NULL, ml_tensor_data(gy),
-                      rx ? ml_tensor_data(rx) : NULL, rw ? ml_tensor_data(rw) : NULL, db ? ml_tensor_data(db) : NULL);
+        e = dconv_bwd(g, x, w ? ml_tensor_data(w) : NULL, gy, rx, rw ? ml_tensor_data(rw) : NULL,
+                      db ? ml_tensor_data(db) : NULL, gx_nc16);
         if (!e) {
             if (db) {
                 tb = db;
@@ -771,6 +828,8 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
         ml_tensor_release(db);
         if (e != ML_ERR_UNSUPPORTED) goto fail;
     }
+    /* the reference reads plain strides */
+    if ((e = ml_tensor_plain(gy)) || (x && (e = ml_tensor_plain(x)))) goto fail;
     if (dt == ML_F64) {
         ref_backward(g, x, w, gy, rx, rw);
     } else {
@@ -790,7 +849,7 @@ static ml_err conv_backward(const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor
         if (e) goto fail;
     }
 bias:
-    if (gb && !bias_done && (e = chan_sum(&tb, gy))) goto fail;
+    if (gb && !bias_done && ((e = ml_tensor_plain(gy)) || (e = chan_sum(&tb, gy)))) goto fail;
     if (gx) *gx = tx;
     if (gw) *gw = tw;
     if (gb) *gb = tb;
@@ -883,6 +942,7 @@ static ml_err geo_build(cgeo *g, const char *op, bool tr, const ml_tensor *x, co
 typedef struct {
     ml_conv_params p;
     bool tr;
+    bool x_nc16; /* x came in NC16: its producer takes the gradient in NC16 too */
     int x_slot, w_slot;
 } conv_np;
 
@@ -902,9 +962,15 @@ static ml_err bw_conv(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     ml_err e = geo_build(&g, op, cp->tr, &xs, &ws, NULL, &cp->p);
     if (e) return e;
     ml_tensor *gy;
-    if ((e = mld_grad_in(&gy, gout[0], (ml_dtype)n->out_dtype[0]))) return e;
+    if (gout[0]->layout == ML_LAYOUT_NC16 && gout[0]->dtype == n->out_dtype[0]) { /* read in place */
+        ml_tensor_retain(gout[0]);
+        gy = gout[0];
+    } else if ((e = mld_grad_in(&gy, gout[0], (ml_dtype)n->out_dtype[0]))) {
+        return e;
+    }
     bool nb = n->nin > 2 && n->needs[2];
-    e = conv_backward(&g, x, w, gy, n->needs[0] ? &gin[0] : NULL, n->needs[1] ? &gin[1] : NULL, nb ? &gin[2] : NULL);
+    e = conv_backward(&g, x, w, gy, n->needs[0] ? &gin[0] : NULL, n->needs[1] ? &gin[1] : NULL, nb ? &gin[2] : NULL,
+                      cp->x_nc16);
     ml_tensor_release(gy);
     return e;
 }
@@ -937,7 +1003,15 @@ static ml_err conv_impl(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *
     if ((e = geo_build(&g, op, tr, x, w, b, p))) return e;
     ml_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
     bool need = ml_needs_grad(b ? 3 : 2, ts);
-    if ((e = mld_contig(&xc, x)) || (e = mld_contig(&wc, w)) || (e = mld_contig(&bc, b))) goto done;
+    /* x's producer knows NC16: its gradient may come back in NC16 even if x is made plain here */
+    bool x_nc16 = x->layout == ML_LAYOUT_NC16;
+    if (x->layout == ML_LAYOUT_NC16 && x->dtype == ML_F32) { /* oneDNN reads it in place (conv_forward) */
+        ml_tensor_retain(x);
+        xc = x;
+    } else if ((e = mld_contig(&xc, x))) {
+        goto done;
+    }
+    if ((e = mld_contig(&wc, w)) || (e = mld_contig(&bc, b))) goto done;
     if ((e = conv_forward(&g, need, xc, wc, bc, &y))) goto done;
     {
         ml_node *node;
@@ -947,6 +1021,7 @@ static ml_err conv_impl(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *
             memset(&np, 0, sizeof np);
             np.p = *p;
             np.tr = tr;
+            np.x_nc16 = x_nc16;
             np.x_slot = np.w_slot = -1;
             if (node->needs[1] && (np.x_slot = ml_node_save(node, xc)) < 0) { e = ML_ERR_INTERNAL; goto done; }
             if (node->needs[0] && (np.w_slot = ml_node_save(node, wc)) < 0) { e = ML_ERR_INTERNAL; goto done; }

@@ -99,6 +99,16 @@ ml_err mld_md_strided(dnnl_memory_desc_t *md, const char *op, int ndims, const i
                       const int64_t *strides);
 ml_err mld_md_any(dnnl_memory_desc_t *md, const char *op, int ndims, const int64_t *dims);
 
+/* ML_LAYOUT_NC16 (see ml_tensor.h): oneDNN's aBc16b/aBcd16b/aBcde16b for [N, C, spatial...]. */
+ml_err mld_md_nc16(dnnl_memory_desc_t *md, const char *op, int ndims, const int64_t *dims);
+/* 3-5 dims with C a positive multiple of 16 */
+bool mld_nc16_shape_ok(int ndims, const int64_t *dims);
+/* md is exactly that layout for these dims */
+bool mld_md_is_nc16(const dnnl_memory_desc_t *md, int ndims, const int64_t *dims);
+/* Mark a freshly written tensor (own storage, offset 0) as ML_LAYOUT_NC16; registers the conversion. */
+void mld_mark_nc16(ml_tensor *t);
+void mld_register_layouts(void);
+
 /* Scratch buffers (64-byte aligned, counted in ml_mem_live). Freed buffers go to a small pool
  * (at most 6 buffers / 1 GiB) and are reused: fresh pages cost a page fault each, which on some
  * machines is more than the reorder itself. Large buffers are advised to use transparent huge

@@ -46,6 +46,177 @@ static int64_t nchunks(int64_t L) { return L > 0 ? (L + NN_CHUNK - 1) / NN_CHUNK
 #undef S
 #undef ML_NORM_GEN
 
+
+/* ------------------------------------------------------------------ NC16 (blocked) batch norm */
+/* x in ML_LAYOUT_NC16: [N][C/16][L][16]. Work items are (n, channel block, chunk of NN_CHUNK
+ * positions); each fills the same per-(segment, chunk) partials as the plain kernels, 16 channels
+ * (one 16-float vector) at a time; sums go through f32 vectors over NC16_SUB positions, then double. */
+typedef float nv16 __attribute__((vector_size(64)));
+typedef int32_t nv16i __attribute__((vector_size(64)));
+#define NC16_SUB 16
+
+/* macros, not functions: vectors passed by value would change the ABI between ISAs (-Wpsabi) */
+#define NV_LD(v, p) memcpy(&(v), (p), sizeof(v))
+#define NV_ST(p, v) memcpy((p), &(v), sizeof(v))
+#define NV_SEL(m, a, b) ((nv16)(((m) & (nv16i)(a)) | (~(m) & (nv16i)(b))))
+/* v[l] = d ? d[l] : def */
+#define NV_SET(v, d, def)                                                                                           \
+    for (int l_ = 0; l_ < 16; l_++) (v)[l_] = (d) ? (float)(d)[l_] : (float)(def)
+
+#define NC16_ITEM(t, nch, CB, nb, k, seg0)                                                                             \
+    int64_t nb = (t) / (nch), k = (t) % (nch), seg0 = (nb / (CB)) * (CB) * 16 + (nb % (CB)) * 16
+
+static void nc16_stats(const float *x, int64_t N, int64_t C, int64_t L, int64_t nch, double *st) {
+    int64_t CB = C / 16, total = N * CB * nch;
+    int nt = nn_threads(N * C * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < total; t++) {
+        NC16_ITEM(t, nch, CB, nb, k, seg0);
+        int64_t lo = k * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const float *q = x + nb * L * 16;
+        double s[16] = {0}, m2[16] = {0}, m[16];
+        for (int64_t b0 = lo; b0 < hi; b0 += NC16_SUB) {
+            int64_t b1 = b0 + NC16_SUB < hi ? b0 + NC16_SUB : hi;
+            nv16 f = {0}, v;
+            for (int64_t i = b0; i < b1; i++) {
+                NV_LD(v, q + i * 16);
+                f += v;
+            }
+            for (int l = 0; l < 16; l++) s[l] += (double)f[l];
+        }
+        double cnt = (double)(hi > lo ? hi - lo : 0);
+        for (int l = 0; l < 16; l++) m[l] = cnt > 0 ? s[l] / cnt : 0;
+        nv16 mf;
+        for (int l = 0; l < 16; l++) mf[l] = (float)m[l];
+        double corr[16] = {0}; /* sum (x - mf): the exact M2 about m from the one about the rounded mf */
+        for (int64_t b0 = lo; b0 < hi; b0 += NC16_SUB) {
+            int64_t b1 = b0 + NC16_SUB < hi ? b0 + NC16_SUB : hi;
+            nv16 f = {0}, fd = {0}, d;
+            for (int64_t i = b0; i < b1; i++) {
+                NV_LD(d, q + i * 16);
+                d -= mf;
+                f += d * d;
+                fd += d;
+            }
+            for (int l = 0; l < 16; l++) {
+                m2[l] += (double)f[l];
+                corr[l] += (double)fd[l];
+            }
+        }
+        for (int l = 0; l < 16; l++) {
+            /* sum (x - m)^2 = sum (x - mf)^2 - 2 (m - mf) sum (x - mf) + cnt (m - mf)^2 */
+            double dm = m[l] - (double)mf[l];
+            double *o = st + 3 * ((seg0 + l) * nch + k);
+            o[0] = cnt;
+            o[1] = m[l];
+            o[2] = m2[l] - 2 * dm * corr[l] + cnt * dm * dm;
+        }
+    }
+}
+
+/* z = act(x*sa[seg] + sb[seg]), act = PReLU with slope[seg] (slope NULL: identity) */
+static void nc16_affine_act(const float *x, float *z, int64_t N, int64_t C, int64_t L, int64_t nch, const double *sa,
+                            const double *sb, const double *slope) {
+    int64_t CB = C / 16, total = N * CB * nch;
+    int nt = nn_threads(N * C * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < total; t++) {
+        NC16_ITEM(t, nch, CB, nb, k, seg0);
+        int64_t lo = k * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const float *q = x + nb * L * 16;
+        float *o = z + nb * L * 16;
+        nv16 aa, bb, sl, y;
+        const nv16 zero = {0};
+        NV_SET(aa, sa + seg0, 1);
+        NV_SET(bb, sb + seg0, 0);
+        NV_SET(sl, slope ? slope + seg0 : NULL, 1);
+        for (int64_t i = lo; i < hi; i++) {
+            NV_LD(y, q + i * 16);
+            y = y * aa + bb;
+            y = NV_SEL(y > zero, y, y * sl);
+            NV_ST(o + i * 16, y);
+        }
+    }
+}
+
+/* per (segment, chunk): sum gy, sum gy*(x - mu), sum over y <= 0 of g*y with y = x*sa + sb and
+ * gy = y > 0 ? g : slope*g (sa NULL: no activation, gy = g); part has 3 entries per (seg, chunk) */
+static void nc16_gsums_act(const float *g, const float *x, int64_t N, int64_t C, int64_t L, int64_t nch,
+                           const double *mu, const double *sa, const double *sb, const double *slope, double *part) {
+    int64_t CB = C / 16, total = N * CB * nch;
+    int nt = nn_threads(N * C * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < total; t++) {
+        NC16_ITEM(t, nch, CB, nb, k, seg0);
+        int64_t lo = k * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const float *gq = g + nb * L * 16, *xq = x + nb * L * 16;
+        nv16 aa, bb, sl, mt, xv, gz;
+        const nv16 zero = {0};
+        NV_SET(aa, sa ? sa + seg0 : NULL, 1);
+        NV_SET(bb, sb ? sb + seg0 : NULL, 0);
+        NV_SET(sl, slope ? slope + seg0 : NULL, 1);
+        NV_SET(mt, mu + seg0, 0);
+        double sg[16] = {0}, sd[16] = {0}, ss[16] = {0};
+        for (int64_t b0 = lo; b0 < hi; b0 += NC16_SUB) {
+            int64_t b1 = b0 + NC16_SUB < hi ? b0 + NC16_SUB : hi;
+            nv16 fg = {0}, fd = {0}, fs = {0};
+            for (int64_t i = b0; i < b1; i++) {
+                NV_LD(xv, xq + i * 16);
+                NV_LD(gz, gq + i * 16);
+                nv16 y = xv * aa + bb;
+                nv16i pos = y > zero;
+                nv16 gy = NV_SEL(pos, gz, gz * sl);
+                fg += gy;
+                fd += gy * (xv - mt);
+                fs += NV_SEL(pos, zero, gz * y);
+            }
+            for (int l = 0; l < 16; l++) {
+                sg[l] += (double)fg[l];
+                sd[l] += (double)fd[l];
+                ss[l] += (double)fs[l];
+            }
+        }
+        for (int l = 0; l < 16; l++) {
+            double *o = part + 3 * ((seg0 + l) * nch + k);
+            o[0] = sg[l];
+            o[1] = sd[l] + ((double)mt[l] - mu[seg0 + l]) * sg[l];
+            o[2] = ss[l];
+        }
+    }
+}
+
+/* dx = gy*p[seg] + (x - mu[seg])*q[seg] + r[seg], gy as in nc16_gsums_act */
+static void nc16_lin_act(const float *g, const float *x, float *dx, int64_t N, int64_t C, int64_t L, int64_t nch,
+                         const double *mu, const double *sa, const double *sb, const double *slope, const double *p,
+                         const double *q, const double *r) {
+    int64_t CB = C / 16, total = N * CB * nch;
+    int nt = nn_threads(N * C * L, total);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < total; t++) {
+        NC16_ITEM(t, nch, CB, nb, k, seg0);
+        int64_t lo = k * NN_CHUNK, hi = lo + NN_CHUNK < L ? lo + NN_CHUNK : L;
+        const float *gq = g + nb * L * 16, *xq = x + nb * L * 16;
+        float *o = dx + nb * L * 16;
+        nv16 aa, bb, sl, m, pp, qq, rr, xv, gz;
+        const nv16 zero = {0};
+        NV_SET(aa, sa ? sa + seg0 : NULL, 1);
+        NV_SET(bb, sb ? sb + seg0 : NULL, 0);
+        NV_SET(sl, slope ? slope + seg0 : NULL, 1);
+        NV_SET(m, mu + seg0, 0);
+        NV_SET(pp, p + seg0, 0);
+        NV_SET(qq, q + seg0, 0);
+        NV_SET(rr, r + seg0, 0);
+        for (int64_t i = lo; i < hi; i++) {
+            NV_LD(xv, xq + i * 16);
+            NV_LD(gz, gq + i * 16);
+            nv16 y = xv * aa + bb;
+            nv16 gy = NV_SEL(y > zero, gz, gz * sl);
+            nv16 d = gy * pp + (xv - m) * qq + rr;
+            NV_ST(o + i * 16, d);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ segment norms (BN/IN/GN) */
 enum { NK_BATCH, NK_INSTANCE, NK_GROUP };
 
@@ -84,8 +255,15 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     if (!x || !tm || !tr || (p->has_w && !tw)) return ML_ERR_GRAD;
     ml_dtype dt = (ml_dtype)x->dtype;
     ml_tensor *g = NULL;
-    ml_err e = nn_contig_as(&g, gout[0], dt);
-    if (e) return e;
+    ml_err e;
+    /* both in ML_LAYOUT_NC16: the blocked kernels; otherwise both plain */
+    bool blk = x->layout == ML_LAYOUT_NC16 && gout[0]->layout == ML_LAYOUT_NC16 && gout[0]->dtype == x->dtype;
+    if (blk) {
+        ml_tensor_retain(gout[0]);
+        g = gout[0];
+    } else if ((e = ml_tensor_plain(x)) || (e = nn_contig_as(&g, gout[0], dt))) {
+        return e;
+    }
     int64_t N = p->N, C = p->C, L = p->S, nseg = N * C, ng = seg_ngroups(p), nch = nchunks(L);
     const double *mean = ml_tensor_data(tm), *rstd = ml_tensor_data(tr), *w = tw ? ml_tensor_data(tw) : NULL;
     double *gs = malloc(sizeof(double) * (size_t)(3 * nseg * nch + 3 * nseg + 2 * ng + 3 * C + 8));
@@ -99,8 +277,11 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
         act = ml_tensor_data(ta); /* sa[nseg], sb[nseg], slope[nseg] */
     }
     for (int64_t s = 0; s < nseg; s++) mu_seg[s] = mean[seg_group(p, s / C, s % C)];
-    int np = act ? 3 : 2;
-    if (act) {
+    int np = act || blk ? 3 : 2;
+    if (blk) {
+        nc16_gsums_act(ml_tensor_data(g), ml_tensor_data(x), N, C, L, nch, mu_seg, act, act ? act + nseg : NULL,
+                       act ? act + 2 * nseg : NULL, part);
+    } else if (act) {
         if (dt == ML_F32) seg_gsums_act_f32(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, act, part);
         else seg_gsums_act_f64(ml_tensor_data(g), ml_tensor_data(x), nseg, L, nch, mu_seg, act, part);
     } else {
@@ -153,7 +334,11 @@ static ml_err bw_segnorm(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
                         rr[s] = -r * A;
                     }
                 }
-                if (act) {
+                if (blk) {
+                    nc16_lin_act(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), N, C, L, nch, mu_seg, act,
+                                 act ? act + nseg : NULL, act ? act + 2 * nseg : NULL, pp, qq, rr);
+                    dx->layout = ML_LAYOUT_NC16;
+                } else if (act) {
                     if (dt == ML_F32) seg_lin_act_f32(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, act, pp, qq, rr);
                     else seg_lin_act_f64(ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(dx), nseg, L, nch, mu_seg, act, pp, qq, rr);
                 } else {
@@ -245,7 +430,14 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
     ml_dtype dt = (ml_dtype)x->dtype;
     int64_t N = p.N, C = p.C, L = p.S, nseg = N * C, ng = seg_ngroups(&p), nch = nchunks(L);
     double *buf = NULL;
-    if ((e = nn_contig(&xc, x))) return e;
+    /* batch norm reads and writes ML_LAYOUT_NC16 in place (the layout of the convolutions around it) */
+    bool blk = kind == NK_BATCH && x->layout == ML_LAYOUT_NC16 && dt == ML_F32 && C % 16 == 0;
+    if (blk) {
+        ml_tensor_retain(x);
+        xc = x;
+    } else if ((e = nn_contig(&xc, x))) {
+        return e;
+    }
     if ((e = ml_tensor_empty(&y, dt, x->ndim, x->shape))) goto fail;
     if ((e = ml_tensor_empty(&tm, ML_F64, 1, &ng)) || (e = ml_tensor_empty(&tr, ML_F64, 1, &ng))) goto fail;
     buf = malloc(sizeof(double) * (size_t)(3 * nseg * nch + 2 * nseg + 2 * C + 8));
@@ -261,7 +453,8 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
         nn_load_vec(rvar, rstd, C);
         for (int64_t c = 0; c < C; c++) rstd[c] = 1.0 / sqrt(rstd[c] + eps);
     } else {
-        if (dt == ML_F32) seg_stats_f32(ml_tensor_data(xc), nseg, L, nch, part);
+        if (blk) nc16_stats(ml_tensor_data(xc), N, C, L, nch, part);
+        else if (dt == ML_F32) seg_stats_f32(ml_tensor_data(xc), nseg, L, nch, part);
         else seg_stats_f64(ml_tensor_data(xc), nseg, L, nch, part);
         double *gn = malloc(sizeof(double) * (size_t)(3 * ng + 1));
         if (!gn) { e = ml_seterr(ML_ERR_OOM, "%s: out of memory", op); goto fail; }
@@ -314,6 +507,11 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
             slope[s] = ml_load_elem(prelu_w->storage->data, (ml_dtype)prelu_w->dtype,
                                     prelu_w->offset + k * (prelu_w->ndim ? prelu_w->stride[0] : 0));
         }
+    }
+    if (blk) {
+        nc16_affine_act(ml_tensor_data(xc), ml_tensor_data(y), N, C, L, nch, sa, sb, acts ? acts + 2 * nseg : NULL);
+        y->layout = ML_LAYOUT_NC16;
+    } else if (acts) {
         if (dt == ML_F32) seg_affine_act_f32(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, acts);
         else seg_affine_act_f64(ml_tensor_data(xc), ml_tensor_data(y), nseg, L, nch, acts);
     } else {

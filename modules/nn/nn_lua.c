@@ -122,8 +122,8 @@ static int conv_impl(lua_State *L, int k, bool transposed) {
     char fname[32];
     snprintf(fname, sizeof fname, "%s%dd", transposed ? "conv_transpose" : "conv", k);
     ml_lua_check_nargs(L, 4, fname);
-    ml_tensor *x = ml_lua_check_tensor_fn(L, 1, fname), *w = ml_lua_check_tensor_fn(L, 2, fname);
-    ml_tensor *b = ml_lua_opt_tensor_fn(L, 3, fname);
+    ml_tensor *w = ml_lua_check_tensor_fn(L, 2, fname), *b = ml_lua_opt_tensor_fn(L, 3, fname);
+    ml_tensor *x = ml_lua_check_tensor_any_fn(L, 1, fname); /* may stay in oneDNN's blocked layout */
     ml_lua_check_opts(L, 4, fname, transposed ? convt_keys : conv_keys);
     check_rank(L, x, k, fname);
     if (w->ndim != k + 2)
@@ -274,10 +274,11 @@ static int f_batch_norm(lua_State *L) {
     const char *fname = "batch_norm";
     static const char *const keys[] = {"weight", "bias", "training", "momentum", "eps", "prelu", NULL};
     ml_lua_check_nargs(L, 4, fname);
-    ml_tensor *x = ml_lua_check_tensor_fn(L, 1, fname);
     ml_tensor *rm = ml_lua_opt_tensor_fn(L, 2, fname), *rv = ml_lua_opt_tensor_fn(L, 3, fname);
     ml_lua_check_opts(L, 4, fname, keys);
     ml_tensor *w = ml_lua_opt_tensorfield(L, 4, "weight", fname), *b = ml_lua_opt_tensorfield(L, 4, "bias", fname);
+    ml_tensor *pw = ml_lua_opt_tensorfield(L, 4, "prelu", fname);
+    ml_tensor *x = ml_lua_check_tensor_any_fn(L, 1, fname); /* may stay in oneDNN's blocked layout */
     bool training = ml_lua_opt_bool(L, 4, "training", false, fname);
     double momentum = ml_lua_opt_num(L, 4, "momentum", 0.1, fname), eps = ml_lua_opt_num(L, 4, "eps", 1e-5, fname);
     if (x->ndim < 2) return luaL_error(L, "%s: expected an input [N, C, ...] with at least 2 dims, got %s", fname, ml_shape_str(x->ndim, x->shape));
@@ -286,7 +287,6 @@ static int f_batch_norm(lua_State *L) {
     if (!training && !rm) return luaL_error(L, "%s: running_mean and running_var are required when training=false", fname);
     if (!(eps > 0)) return luaL_error(L, "%s: eps must be positive, got %f", fname, eps);
     ml_tensor **slot = ml_lua_newbox(L);
-    ml_tensor *pw = ml_lua_opt_tensorfield(L, 4, "prelu", fname);
     return finish(L, fname, pw ? ml_batch_norm_prelu(slot, x, rm, rv, w, b, training, momentum, eps, pw)
                                : ml_batch_norm(slot, x, rm, rv, w, b, training, momentum, eps));
 }

@@ -452,7 +452,17 @@ void ml_store_elem(void *base, ml_dtype dt, int64_t i, double v) {
 
 double ml_tensor_get(const ml_tensor *t, const int64_t *idx) {
     int64_t off = t->offset;
-    for (int i = 0; i < t->ndim; i++) off += idx[i] * t->stride[i];
+    if (t->layout == ML_LAYOUT_NC16) { /* [N][C/16][spatial][16] */
+        int64_t S = 1, s = 0;
+        for (int i = 2; i < t->ndim; i++) {
+            S *= t->shape[i];
+            s = s * t->shape[i] + idx[i];
+        }
+        int64_t C = t->shape[1], c = idx[1];
+        off = ((idx[0] * (C / 16) + c / 16) * S + s) * 16 + c % 16;
+    } else {
+        for (int i = 0; i < t->ndim; i++) off += idx[i] * t->stride[i];
+    }
     return ml_load_elem(t->storage->data, (ml_dtype)t->dtype, off);
 }
 
@@ -461,8 +471,15 @@ double ml_tensor_item(const ml_tensor *t) {
     return ml_tensor_get(t, idx);
 }
 
+static ml_err (*g_to_plain[ML_NLAYOUTS])(ml_tensor *t);
+
+void ml_register_layout_plain(int layout, ml_err (*to_plain)(ml_tensor *t)) {
+    if (layout > 0 && layout < ML_NLAYOUTS) g_to_plain[layout] = to_plain;
+}
+
 ml_err ml_tensor_plain(ml_tensor *t) {
     if (!t->layout) return ML_OK;
+    if (t->layout > 0 && t->layout < ML_NLAYOUTS && g_to_plain[t->layout]) return g_to_plain[t->layout](t);
     return ml_seterr(ML_ERR_UNSUPPORTED, "tensor has backend layout %d and no reorder is registered", t->layout);
 }
 

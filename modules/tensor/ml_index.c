@@ -480,9 +480,48 @@ typedef struct {
     int64_t len[ML_NODE_MAX_IN];
 } cat_params;
 
+/* ML_LAYOUT_NC16 tensors concatenated along the channels: per sample, the 16-channel blocks of each
+ * input one after another ([N][C/16][S][16] keeps each sample's blocks contiguous). */
+static bool nc16_cat_ok(int n, ml_tensor *const *ts, int dim) {
+    if (dim != 1) return false;
+    for (int i = 0; i < n; i++) {
+        const ml_tensor *t = ts[i];
+        if (t->layout != ML_LAYOUT_NC16 || t->dtype != ML_F32 || t->ndim != ts[0]->ndim || t->shape[1] % 16) return false;
+        for (int k = 0; k < t->ndim; k++)
+            if (k != 1 && t->shape[k] != ts[0]->shape[k]) return false;
+    }
+    return true;
+}
+
+/* copy channel blocks: dst channels [doff, doff+len) of a [N, Cd, S] NC16 buffer from src channels
+ * [soff, soff+len) of a [N, Cs, S] one (offsets and len multiples of 16) */
+static void nc16_copy_channels(float *dst, int64_t Cd, int64_t doff, const float *src, int64_t Cs, int64_t soff,
+                               int64_t len, int64_t N, int64_t S) {
+    int64_t blk = len * S; /* floats per sample */
+#pragma omp parallel for schedule(static) if (N * blk > 65536 && N > 1)
+    for (int64_t n = 0; n < N; n++)
+        memcpy(dst + (n * Cd + doff) * S, src + (n * Cs + soff) * S, sizeof(float) * (size_t)blk);
+}
+
 static ml_err bw_cat(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     const cat_params *p = (const cat_params *)n->params;
     int64_t off = 0;
+    ml_tensor *g = gout[0];
+    bool blk = g->layout == ML_LAYOUT_NC16 && p->dim == 1;
+    for (int i = 0; blk && i < p->n; i++) blk = p->len[i] % 16 == 0 && n->in_dtype[i] == ML_F32;
+    if (blk) { /* gradients in the same blocked layout */
+        int64_t N = g->shape[0], C = g->shape[1], S = ml_tensor_numel(g) / (N * C > 0 ? N * C : 1);
+        for (int i = 0; i < p->n; i++) {
+            if (n->needs[i]) {
+                ml_err e = ml_tensor_empty(&gin[i], ML_F32, n->in_ndim[i], n->in_shape[i]);
+                if (e) return e;
+                nc16_copy_channels(ml_tensor_data(gin[i]), p->len[i], 0, ml_tensor_data(g), C, off, p->len[i], N, S);
+                gin[i]->layout = ML_LAYOUT_NC16;
+            }
+            off += p->len[i];
+        }
+        return ML_OK;
+    }
     for (int i = 0; i < p->n; i++) {
         if (n->needs[i]) {
             ml_tensor *v;
@@ -503,10 +542,35 @@ ml_err ml_cat(ml_tensor **out, int n, ml_tensor **ts, int dim) {
     *out = NULL;
     if (n < 1 || !ts) return ml_seterr(ML_ERR_ARG, "cat: expected a non-empty list of tensors");
     ml_err e;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         if (!ts[i]) return ml_seterr(ML_ERR_ARG, "cat: tensor %d is NULL", i);
-        if ((e = ml_tensor_plain(ts[i]))) return e;
+    if (n <= ML_NODE_MAX_IN && ts[0]->ndim >= 2 && nc16_cat_ok(n, ts, ml_wrap_dim("cat", dim, ts[0]->ndim))) {
+        int64_t shape[ML_MAX_DIMS], C = 0;
+        memcpy(shape, ts[0]->shape, sizeof(int64_t) * (size_t)ts[0]->ndim);
+        for (int i = 0; i < n; i++) C += ts[i]->shape[1];
+        shape[1] = C;
+        ml_tensor *res;
+        if ((e = ml_tensor_empty(&res, ML_F32, ts[0]->ndim, shape))) return e;
+        int64_t N = shape[0], S = ml_tensor_numel(res) / (N * C > 0 ? N * C : 1), off = 0;
+        for (int i = 0; i < n; i++) {
+            nc16_copy_channels(ml_tensor_data(res), C, off, ml_tensor_data(ts[i]), ts[i]->shape[1], 0, ts[i]->shape[1], N, S);
+            off += ts[i]->shape[1];
+        }
+        res->layout = ML_LAYOUT_NC16;
+        if (ml_needs_grad(n, ts)) {
+            ml_node *nd_;
+            if ((e = ml_record("cat", bw_cat, n, ts, res, &nd_))) { ml_tensor_release(res); return e; }
+            if (nd_) {
+                cat_params p = {.dim = 1, .n = n};
+                for (int i = 0; i < n; i++) p.len[i] = ts[i]->shape[1];
+                memcpy(nd_->params, &p, sizeof p);
+            }
+        }
+        *out = res;
+        return ML_OK;
     }
+    for (int i = 0; i < n; i++)
+        if ((e = ml_tensor_plain(ts[i]))) return e;
     const ml_tensor *ref = ts[0];
     for (int i = 0; i < n; i++)
         if (!(ts[i]->ndim == 1 && ts[i]->shape[0] == 0)) { ref = ts[i]; break; }

@@ -155,6 +155,18 @@ double ml_tensor_item(const ml_tensor *t); /* numel must be 1 */
 /* Ensure plain strided layout (reorders a backend-blocked tensor in place). */
 ml_err ml_tensor_plain(ml_tensor *t);
 
+/* Backend layouts (ml_tensor.layout).
+ * ML_LAYOUT_NC16: a float32 [N, C, spatial...] tensor (1-3 spatial dims, C a multiple of 16) stored as
+ *   [N][C/16][spatial...][16] (oneDNN's nCdhw16c), from offset 0 of a storage no other header shares;
+ *   shape is the logical shape, stride is unused. Convolutions, batch norm, a + b and cat along the
+ *   channels pass it from one to the next without reordering (ARCHITECTURE.md, principle 4); every
+ *   other op, and every tensor the Lua bindings hand to an op that does not know it, goes through
+ *   ml_tensor_plain(), which converts in place (same values, so it is invisible to users). */
+#define ML_LAYOUT_NC16 1
+#define ML_NLAYOUTS 2
+/* The backend that produces a layout registers its in-place conversion to plain strides. */
+void ml_register_layout_plain(int layout, ml_err (*to_plain)(ml_tensor *t));
+
 /* Broadcast two shapes (NumPy rules). */
 ml_err ml_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,
                            int *nout, int64_t *sout);

@@ -377,6 +377,9 @@ ml_err ml_to_dtype(ml_tensor **out, ml_tensor *t, ml_dtype dt) {
 }
 
 ml_err ml_detach(ml_tensor **out, ml_tensor *t) {
+    *out = NULL;
+    ml_err e = ml_tensor_plain(t); /* a second header on the storage: plain strides only */
+    if (e) return e;
     *out = ml_tensor_header(t->storage, (ml_dtype)t->dtype, t->ndim, t->shape, t->stride, t->offset);
     return *out ? ML_OK : ML_ERR_OOM;
 }

@@ -22,12 +22,31 @@ ml_tensor **ml_lua_newbox(lua_State *L) {
     return &b->t;
 }
 
-ml_lua_box *ml_lua_tobox(lua_State *L, int idx) {
+ml_lua_box *ml_lua_tobox_raw(lua_State *L, int idx) {
     if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
     if (mt == g_mt) return (ml_lua_box *)lua_touserdata(L, idx);
     return (ml_lua_box *)luaL_testudata(L, idx, ML_LUA_TENSOR_MT); /* another lua_State */
+}
+
+ml_lua_box *ml_lua_tobox(lua_State *L, int idx) {
+    ml_lua_box *b = ml_lua_tobox_raw(L, idx);
+    if (b && b->t && b->t->layout) {
+        ml_err e = ml_tensor_plain(b->t); /* in place: same values, plain strides */
+        if (e) ml_lua_error(L, e);
+    }
+    return b;
+}
+
+ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) {
+    ml_lua_box *b = ml_lua_tobox_raw(L, idx);
+    if (!b) {
+        luaL_error(L, "%s: argument #%d: expected a tensor, got %s", fname, idx, luaL_typename(L, idx));
+        return NULL;
+    }
+    if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
+    return b->t;
 }
 
 ml_tensor *ml_lua_totensor(lua_State *L, int idx) {
@@ -704,7 +723,7 @@ static int t_tostring(lua_State *L) {
 }
 
 static int t_gc(lua_State *L) {
-    ml_lua_box *b = ml_lua_tobox(L, 1);
+    ml_lua_box *b = ml_lua_tobox_raw(L, 1);
     if (b && b->t) {
         ml_tensor *t = b->t;
         b->t = NULL;
@@ -976,7 +995,7 @@ ml_tensor **ml_lua_tensor_list(lua_State *L, int idx, const char *fname, int *n_
     ml_tensor **ts = (ml_tensor **)lua_newuserdatauv(L, n * sizeof *ts, 0);
     for (lua_Unsigned i = 0; i < n; i++) {
         lua_rawgeti(L, idx, (lua_Integer)i + 1);
-        ml_lua_box *b = ml_lua_tobox(L, -1);
+        ml_lua_box *b = ml_lua_tobox_raw(L, -1); /* cat/stack take any layout */
         if (!b) luaL_error(L, "%s: element %d of the list: expected a tensor, got %s", fname, (int)i + 1, luaL_typename(L, -1));
         if (!b->t) luaL_error(L, "%s: element %d of the list: tensor is closed", fname, (int)i + 1);
         ts[i] = b->t;
@@ -1175,7 +1194,7 @@ static int l_set_rng_state(lua_State *L) {
 }
 
 static int l_is_tensor(lua_State *L) {
-    lua_pushboolean(L, ml_lua_tobox(L, 1) != NULL);
+    lua_pushboolean(L, ml_lua_tobox_raw(L, 1) != NULL);
     return 1;
 }
 

@@ -33,8 +33,15 @@ ml_tensor *ml_lua_check_tensor(lua_State *L, int idx);
 ml_tensor *ml_lua_check_tensor_fn(lua_State *L, int idx, const char *fname);
 /* nil/none -> NULL, otherwise as ml_lua_check_tensor_fn. */
 ml_tensor *ml_lua_opt_tensor_fn(lua_State *L, int idx, const char *fname);
-/* The box at idx if it is a tensor userdata (open or closed), else NULL. Never raises. */
+/* The box at idx if it is a tensor userdata (open or closed), else NULL. A tensor in a backend
+ * layout (ML_LAYOUT_NC16, ...) is converted to plain strides in place first, so every binding sees
+ * plain tensors; this raises only if that conversion fails (out of memory). */
 ml_lua_box *ml_lua_tobox(lua_State *L, int idx);
+/* Same without the conversion; never raises. For __gc/__close and the few bindings whose core ops
+ * take backend layouts (conv, batch_norm, binary arithmetic, cat). */
+ml_lua_box *ml_lua_tobox_raw(lua_State *L, int idx);
+/* ml_lua_check_tensor_fn without the conversion to plain strides. */
+ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname);
 /* The tensor at idx if it is an open tensor, else NULL. Never raises. */
 ml_tensor *ml_lua_totensor(lua_State *L, int idx);
 
@@ -84,7 +91,7 @@ ml_tensor *ml_lua_table_to_tensor(lua_State *L, int idx, int dtype, const char *
 void ml_lua_push_list(lua_State *L, ml_tensor *t);
 void ml_lua_push_repr(lua_State *L, ml_tensor *t);
 /* Tensors of the list at idx; pushes a scratch userdata holding the array. */
-ml_tensor **ml_lua_tensor_list(lua_State *L, int idx, const char *fname, int *n);
+ml_tensor **ml_lua_tensor_list(lua_State *L, int idx, const char *fname, int *n); /* any layout */
 /* Tensor at idx or a number/boolean as a new 0-d tensor of dtype dt (*tmp = that new reference). */
 ml_tensor *ml_lua_tensor_or_scalar(lua_State *L, int idx, ml_dtype dt, const char *fname, ml_tensor **tmp);
 /* Fills the Tensor metatable at mt (methods, __index, __newindex, arithmetic) and pushes the

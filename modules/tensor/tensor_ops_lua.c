@@ -102,7 +102,8 @@ static const char *const bin_inplace_names[ML_NBINOPS] = {"add_", "sub_", "mul_"
 /* a op b with a tensor on at least one side (metamethods: either; methods: self first). */
 static int binop_impl(lua_State *L, ml_binop op) {
     const char *fname = bin_names[op];
-    ml_lua_box *ba = ml_lua_tobox(L, 1), *bb = ml_lua_tobox(L, 2);
+    /* any layout: ml_binary adds two blocked tensors in their layout and makes anything else plain */
+    ml_lua_box *ba = ml_lua_tobox_raw(L, 1), *bb = ml_lua_tobox_raw(L, 2);
     ml_err e;
     if (ba && bb) {
         if (!ba->t) return luaL_error(L, "%s: argument #1: tensor is closed", fname);
