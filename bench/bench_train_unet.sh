@@ -8,11 +8,15 @@
 # the last step is validated). Every other setting is the recipe's current default, read from its
 # --help and passed to the MONAI script explicitly. The sides run one after the other. Per class it prints
 # the last validation's Dice (at the last step when --val-every divides --steps) of each side and their
-# difference, then the best validation of each side, seconds per training step (the training loop
-# without the validation passes, divided by the steps) and peak RSS up to the end of training (medlua:
-# VmHWM; MONAI: the main process, its DataLoader worker processes separately). Logs, metrics.csv and
+# difference, then the best validation of each side, every validation of both runs side by side, the
+# training loss (mean of the last 50 steps), seconds per training step (the training loop without the
+# validation passes, divided by the steps), the share of it spent waiting for batches and peak RSS up
+# to the end of training (medlua: VmHWM; MONAI: the main process, its DataLoader worker processes
+# separately). Logs, metrics.csv and
 # the medlua run's checkpoints go to DIR (default build/bench/train_unet). Single runs, one seed each:
-# training noise between seeds can itself exceed 0.02.
+# training noise between seeds can itself exceed 0.02. Both sides run with OMP_WAIT_POLICY=passive:
+# medlua sets it for itself (host/main.c); without it torch's libgomp threads spin at every barrier,
+# which on a busy 2-core machine made a MONAI step 3-5x slower (1.3 s -> 4.5-6 s at 64^3 here).
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -32,6 +36,9 @@ done
 if ! "$PY" -c "import monai, nibabel, pydicom" 2>/dev/null; then
   echo "bench_train_unet: MONAI/nibabel/pydicom missing in bench/venv (bash bench/run.sh sets it up)"; exit 1
 fi
+# MONAI's KeepLargestConnectedComponent (the recipe's --postprocess) needs scikit-image
+"$PY" -c "import skimage" 2>/dev/null || "$PY" -m pip install -q scikit-image || {
+  echo "bench_train_unet: could not install scikit-image into bench/venv"; exit 1; }
 
 HELP=$("$BUILD/medlua" recipes/train_unet.lua --help) || { echo "$HELP"; exit 1; }
 default() { sed -n "s/^  --$1 .*(default: \([^)]*\))$/\1/p" <<<"$HELP" | head -n1; }
@@ -43,11 +50,20 @@ OUT=${OUT:-$BUILD/bench/train_unet}
 mkdir -p "$OUT"
 rm -rf "$OUT/medlua" "$OUT/monai"
 PYARGS=()
-for o in train-image train-label val-image val-label labels spacing a-min a-max roi batch-size lr weight-decay channels \
-  strides num-res-units norm sw-batch-size overlap workers affine-prob; do
+for o in train-image train-label val-image val-label labels spacing a-min a-max roi batch-size lr weight-decay sched \
+  postprocess channels strides num-res-units norm sw-batch-size overlap workers affine-prob; do
   PYARGS+=("--$o" "$(default "$o")")
 done
 
+# a recipe option this script does not know may be a setting the MONAI side does not mirror
+KNOWN=" help steps val-every threads seed out quiet resume tta time-limit early-stop datalist images label-dir val-fraction \
+label-table num-classes ${PYARGS[*]//--/} "
+for o in $(sed -n 's/^  --\([a-z0-9-]*\).*/\1/p' <<<"$HELP"); do
+  case "$KNOWN" in *" $o "*) ;; *) echo "bench_train_unet: WARNING: recipe option --$o ($(default "$o")) is not mirrored by bench/monai_train_unet.py" ;; esac
+done
+for o in early-stop time-limit; do
+  [ "$(default "$o")" = 0 ] || echo "bench_train_unet: WARNING: the recipe's --$o default is $(default "$o"), the MONAI side has none"
+done
 echo "== train_unet end to end: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 echo "== steps $STEPS, validation every $VAL_EVERY, threads $THREADS, seed $SEED; recipe defaults: ${PYARGS[*]}"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -70,14 +86,14 @@ tr.fit = function(o)
   return s
 end'
 t0=$(date +%s)
-MEDLUA_INIT=$INIT OMP_NUM_THREADS=$THREADS "$BUILD/medlua" recipes/train_unet.lua --steps "$STEPS" --val-every "$VAL_EVERY" \
+MEDLUA_INIT=$INIT OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=passive "$BUILD/medlua" recipes/train_unet.lua --steps "$STEPS" --val-every "$VAL_EVERY" \
   --threads "$THREADS" --seed "$SEED" --out "$OUT/medlua" --quiet >"$OUT/medlua.log" 2>&1
 rc=$?
 echo "== medlua: exit $rc, $(( $(date +%s) - t0 )) s wall (log $OUT/medlua.log)"
 [ $rc -eq 0 ] || { tail -n 20 "$OUT/medlua.log"; exit 1; }
 
 t0=$(date +%s)
-OMP_NUM_THREADS=$THREADS "$PY" bench/monai_train_unet.py --steps "$STEPS" --val-every "$VAL_EVERY" --threads "$THREADS" \
+OMP_NUM_THREADS=$THREADS OMP_WAIT_POLICY=passive "$PY" bench/monai_train_unet.py --steps "$STEPS" --val-every "$VAL_EVERY" --threads "$THREADS" \
   --seed "$SEED" --out "$OUT/monai" "${PYARGS[@]}" >"$OUT/monai.log" 2>&1
 rc=$?
 echo "== MONAI: exit $rc, $(( $(date +%s) - t0 )) s wall (log $OUT/monai.log)"
@@ -107,7 +123,19 @@ for c in $classes; do
 done
 ms=$(csvcol "$OUT/medlua/metrics.csv" last step); bs=$(csvcol "$OUT/medlua/metrics.csv" best step)
 echo "(last = validation at step medlua $ms / MONAI $(field last_step "$P"); best = highest mean val_dice: medlua step $bs, MONAI step $(field best_step "$P"))"
+# every validation of both runs, by step (one seed each: the spread shows how noisy the task is)
+echo "every validation, Dice vertebrae / spinal cord ... (medlua | MONAI):"
+awk -F, -v cls="$classes" 'BEGIN { nc = split(cls, C, " ") }
+  { sub(/\r$/, "") }
+  FNR == 1 { delete c; for (i = 1; i <= NF; i++) c[$i] = i; side = (FILENAME ~ /medlua/) ? "m" : "p"; next }
+  c["val_dice"] && $c["val_dice"] != "" { s = $c["step"]; if (!(s in seen)) { seen[s] = 1; order[++n] = s }
+    v = ""; for (k = 1; k <= nc; k++) v = v sprintf("%s%.3f", k > 1 ? " / " : "", $c["val_dice_" C[k]]); r[side, s] = v }
+  END { for (i = 1; i <= n; i++) printf "  step %6d: %-17s | %s\n", order[i], r["m", order[i]], r["p", order[i]] }' \
+  "$OUT/medlua/metrics.csv" "$OUT/monai/metrics.csv"
 printf '%-22s | %8s | %8s | %8s\n' "" "medlua" "MONAI" "ratio"
+ml=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next } $c["train_loss"] != "" { v = $c["train_loss"] } END { print v }' \
+  "$OUT/medlua/metrics.csv")
+printf '%-22s | %8.4f | %8.4f | %8s\n' "train loss, last 50" "$ml" "$(field train_loss_last50 "$P")" ""
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 printf '%-22s | %8s | %8s | %8s\n' "s per training step" "$(field s_per_step "$M")" "$(field s_per_step "$P")" \
   "$(ratio "$(field s_per_step "$M")" "$(field s_per_step "$P")")"

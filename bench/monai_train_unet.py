@@ -23,10 +23,15 @@ current defaults explicitly, read from its --help). What the recipe fixes in cod
                  num_samples crops), shuffle, --workers worker processes (persistent)
   model          UNet(3, 1, K, channels, strides, num_res_units, norm) with MONAI's defaults otherwise
                  (PReLU, dropout 0); torch.manual_seed(seed)
-  loss / optim   DiceCELoss(to_onehot_y=True, softmax=True); Adam(lr, weight_decay)
+  loss / optim   DiceCELoss(to_onehot_y=True, softmax=True); Adam(lr, weight_decay); --sched per step:
+                 poly = PolynomialLR(total_iters=steps, power=0.9) (the recipe's PolyLR, the same values),
+                 cosine = CosineAnnealingLR(T_max=steps), none
   validation     every --val-every steps: eval mode, sliding_window_inference(roi, --sw-batch-size,
                  overlap, mode "gaussian", padding_mode "replicate") of softmax(net(x)) (the recipe
-                 applies softmax to each window before blending), argmax, DiceMetric per class without
+                 applies softmax to each window before blending), argmax, --postprocess (largest_foreground
+                 = KeepLargestConnectedComponent(all foreground labels, independent=False, connectivity 3:
+                 26 neighbours), largest_per_class = the same with independent=True, none), DiceMetric per
+                 class without
                  background (NaN for a class absent from the ground truth) on the preprocessed grid;
                  val_dice = mean over classes, best = highest val_dice
 Prints one "monai val step=..." line per validation and a final "monai summary ..." line with the last
@@ -52,9 +57,9 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 from monai.networks.utils import one_hot
-from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd, RandAffined, RandCropByPosNegLabeld,
-                              RandFlipd, RandScaleIntensityd, RandShiftIntensityd, ScaleIntensityRanged, Spacingd,
-                              SpatialPadd)
+from monai.transforms import (Compose, EnsureChannelFirstd, KeepLargestConnectedComponent, LoadImaged, Orientationd,
+                              RandAffined, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd,
+                              ScaleIntensityRanged, Spacingd, SpatialPadd)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,14 +104,16 @@ def main():
     ap.add_argument("--a-max", type=float, default=1500)
     ap.add_argument("--roi", default="64")
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap.add_argument("--sched", default="poly", choices=["poly", "cosine", "none"])
+    ap.add_argument("--postprocess", default="largest_foreground", choices=["largest_foreground", "largest_per_class", "none"])
     ap.add_argument("--channels", default="16,32,64,128,256")
     ap.add_argument("--strides", default="2,2,2,2")
     ap.add_argument("--num-res-units", type=int, default=2)
     ap.add_argument("--norm", default="batch")
-    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--val-every", type=int, default=200)
     ap.add_argument("--sw-batch-size", type=int, default=2)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--workers", type=int, default=2)
@@ -172,6 +179,15 @@ def main():
           f"{sum(p.numel() for p in net.parameters())} parameters", flush=True)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    sched = None
+    if a.sched == "poly":
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=a.steps, power=0.9)
+    elif a.sched == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.steps)
+    post = None
+    if a.postprocess != "none":
+        post = KeepLargestConnectedComponent(applied_labels=list(range(1, K)), is_onehot=False,
+                                             independent=a.postprocess == "largest_per_class", connectivity=3)
     dice_metric = DiceMetric(include_background=False, reduction="none")
     vx = va["image"].as_tensor()[None]
     vy = va["label"].as_tensor()[None]
@@ -182,6 +198,8 @@ def main():
             probs = sliding_window_inference(vx, roi, a.sw_batch_size, lambda z: torch.softmax(net(z), 1),
                                              overlap=a.overlap, mode="gaussian", padding_mode="replicate")
             pred = probs.argmax(1, keepdim=True)
+            if post is not None:
+                pred = post(pred[0])[None]
             d = dice_metric(one_hot(pred, K), one_hot(vy, K))[0]
             dice_metric.reset()
         net.train()
@@ -193,7 +211,7 @@ def main():
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         fcsv = open(os.path.join(a.out, "metrics.csv"), "w", newline="")
-        writer = csv.writer(fcsv)
+        writer = csv.writer(fcsv, lineterminator="\n")
         writer.writerow(["step", "train_loss", "time", "val_dice"] + [f"val_dice_{n}" for n in names])
 
     net.train()
@@ -213,6 +231,8 @@ def main():
             loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             step += 1
             losses.append(loss.item())
             if a.val_every > 0 and step % a.val_every == 0:
@@ -223,7 +243,8 @@ def main():
                 if best is None or mean > best[2]:
                     best = (step, per, mean)
                 tl = sum(losses[-a.val_every:]) / len(losses[-a.val_every:])
-                print(f"monai val step={step} epoch={epoch} train_loss={tl:.4f} val_dice={mean:.4f} "
+                print(f"monai val step={step} epoch={epoch} train_loss={tl:.4f} lr={opt.param_groups[0]['lr']:.3g} "
+                      f"val_dice={mean:.4f} "
                       + " ".join(f"dice_{n}={v:.4f}" for n, v in per.items())
                       + f" elapsed_s={time.perf_counter() - t_loop:.1f}", flush=True)
                 if writer:
@@ -246,7 +267,7 @@ def main():
           + f" val_dice={last[2]:.4f} best_val_dice={best[2]:.4f} best_step={best[0]} "
           + " ".join(f"best_dice_{n}={v:.4f}" for n, v in best[1].items())
           + f" s_per_step={train_s / step:.3f} loop_s={loop_s:.1f} val_s={val_s:.1f} n_val={step // a.val_every} "
-          f"data_wait_frac={wait_s / max(train_s, 1e-9):.3f} "
+          f"data_wait_frac={wait_s / max(train_s, 1e-9):.3f} train_loss_last50={sum(losses[-50:]) / len(losses[-50:]):.4f} "
           f"peak_rss_mb={rss_main:.0f} worker_peak_rss_mb={rss_child:.0f}", flush=True)
 
 
