@@ -66,11 +66,14 @@ _Static_assert(sizeof(ce_params) <= ML_NODE_PARAM_BYTES, "params");
 #define S(name) name##_f32
 #define VEXP nn_vexpf
 #define VLOG1P01 nn_vlog1pf01
+#define CE_FLOAT_LOG 1
 #include "ml_loss.c"
 #undef T
 #undef S
 #undef VEXP
 #undef VLOG1P01
+#undef CE_FLOAT_LOG
+#define CE_FLOAT_LOG 0
 #define T double
 #define S(name) name##_f64
 #define VEXP nn_vexpd
@@ -458,19 +461,32 @@ static ml_err ce_impl(ml_tensor **out, bool nll, ml_tensor *input, ml_tensor *ta
     p.wsum = 0;
     for (int64_t c = 0; c < p.C; c++) p.wsum += w ? w[c] : 1.0;
     if (!nll && (e = ml_tensor_empty(&tl, ML_F64, 1, &npos))) goto done;
-    loss = malloc(sizeof(double) * (size_t)(2 * npos + 1));
+    /* cross_entropy reduced to a scalar sums per block inside the kernel: no per-position arrays */
+    bool blocks = !nll && r != ML_REDUCE_NONE;
+    int64_t nblocks = p.N * ((p.S + CE_BLK - 1) / CE_BLK);
+    loss = malloc(sizeof(double) * (size_t)(blocks ? 2 * nblocks + 1 : 2 * npos + 1));
     if (!loss) { e = ml_seterr(ML_ERR_OOM, "%s: out of memory", op); goto done; }
-    wt = loss + npos;
+    wt = blocks ? NULL : loss + npos;
     if (nll) {
         if (dt == ML_F32) nll_fwd_f32(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, loss, wt);
         else nll_fwd_f64(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, loss, wt);
     } else if (dt == ML_F32) {
-        ce_fwd_f32(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, ml_tensor_data(tl), loss, wt);
+        ce_fwd_f32(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, ml_tensor_data(tl), blocks ? NULL : loss,
+                   blocks ? NULL : wt, blocks ? loss : NULL);
     } else {
-        ce_fwd_f64(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, ml_tensor_data(tl), loss, wt);
+        ce_fwd_f64(&p, ml_tensor_data(xc), ml_tensor_data(tc), w, ml_tensor_data(tl), blocks ? NULL : loss,
+                   blocks ? NULL : wt, blocks ? loss : NULL);
     }
-    p.denom = p.prob ? (double)npos : det_sum(wt, npos);
-    if (r == ML_REDUCE_NONE) {
+    if (blocks) { /* block sums in block order: deterministic for any thread count */
+        double ls = 0, ws = 0;
+        for (int64_t b = 0; b < nblocks; b++) {
+            ls += loss[2 * b];
+            ws += loss[2 * b + 1];
+        }
+        p.denom = p.prob ? (double)npos : ws;
+        if ((e = scalar_out(&y, dt, r == ML_REDUCE_MEAN ? ls / p.denom : ls))) goto done;
+    } else if (r == ML_REDUCE_NONE) {
+        p.denom = p.prob ? (double)npos : det_sum(wt, npos);
         int64_t oshape[ML_MAX_DIMS];
         int ond = 0;
         if (input->ndim >= 2) {
@@ -479,6 +495,7 @@ static ml_err ce_impl(ml_tensor **out, bool nll, ml_tensor *input, ml_tensor *ta
         }
         if ((e = nn_from_doubles(&y, dt, ond, oshape, loss))) goto done;
     } else {
+        p.denom = p.prob ? (double)npos : det_sum(wt, npos);
         double s = det_sum(loss, npos);
         if ((e = scalar_out(&y, dt, r == ML_REDUCE_MEAN ? s / p.denom : s))) goto done;
     }
@@ -616,8 +633,10 @@ static void S(bce_bwd)(const T *x, const T *y, const T *w, const T *pw, const T 
 
 /* cross_entropy forward over positions (n, s), tasks of CE_BLK positions along s so the loops over
  * a block vectorize. Writes lse[pos], loss[pos] and the mean weight wt[pos]. */
+/* per position: lse (log-sum-exp), and loss/wt when those arrays are given; acc (if given) gets each
+ * block's loss and weight sums [2 per block, blocks in order], so a reduction needs no per-position arrays */
 static void S(ce_fwd)(const ce_params *p, const T *x, const void *tgt, const double *w, double *lse, double *loss,
-                      double *wt) {
+                      double *wt, double *acc) {
     int64_t C = p->C, Sz = p->S, nblk = (Sz + CE_BLK - 1) / CE_BLK, tasks = p->N * nblk;
     const int64_t *ti = p->prob ? NULL : tgt;
     const T *tp = p->prob ? tgt : NULL;
@@ -659,22 +678,43 @@ static void S(ce_fwd)(const ce_params *p, const T *x, const void *tgt, const dou
                 }
             }
         }
+        double lsum = 0, wsum = 0;
+#if CE_FLOAT_LOG /* f32: log of the sums in float, vectorized (s in [1, C] unless inputs are inf/nan) */
+        float lg[CE_BLK];
+        nn_vlogf_of(lg, s, bw);
+#define CE_LOG(j) (s[j] >= 1 && s[j] < 1e30 ? (double)lg[j] : log(s[j]))
+#else
+#define CE_LOG(j) log(s[j])
+#endif
         for (int64_t j = 0; j < bw; j++) {
             int64_t pos = n * Sz + lo + j;
-            double l = (double)m[j] + log(s[j]);
+            double l = (double)m[j] + CE_LOG(j), v, wtg;
+#undef CE_LOG
             lse[pos] = l;
             if (yb) {
-                loss[pos] = -(a1[j] - l * a2[j]);
-                wt[pos] = 1;
-                continue;
+                v = -(a1[j] - l * a2[j]);
+                wtg = 1;
+            } else {
+                int64_t tg = ti[pos];
+                if (tg == p->ignore) {
+                    v = 0;
+                    wtg = 0;
+                } else {
+                    wtg = w ? w[tg] : 1.0;
+                    v = (1.0 - ls) * (-wtg * ((double)xb[tg * Sz + j] - l));
+                    if (smooth) v -= lsc * (a1[j] - l * p->wsum);
+                }
             }
-            int64_t tg = ti[pos];
-            if (tg == p->ignore) { loss[pos] = 0; wt[pos] = 0; continue; }
-            double wtg = w ? w[tg] : 1.0;
-            double v = (1.0 - ls) * (-wtg * ((double)xb[tg * Sz + j] - l));
-            if (smooth) v -= lsc * (a1[j] - l * p->wsum);
-            loss[pos] = v;
-            wt[pos] = wtg;
+            if (loss) {
+                loss[pos] = v;
+                wt[pos] = wtg;
+            }
+            lsum += v;
+            wsum += wtg;
+        }
+        if (acc) {
+            acc[2 * t] = lsum;
+            acc[2 * t + 1] = wsum;
         }
     }
 }

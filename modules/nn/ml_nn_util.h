@@ -260,6 +260,17 @@ static inline void nn_vlog1pf01(float *v, int64_t n) {
     }
     for (; i < n; i++) v[i] = nn_log1pf01(v[i]);
 }
+/* o[i] = log(v[i]) in float precision for positive normal v (other values: see the callers) */
+static inline void nn_vlogf_of(float *o, const double *v, int64_t n) {
+    int64_t i = 0;
+    for (; i + NN_VW <= n; i += NN_VW) {
+        nn_vf a;
+        for (int k = 0; k < NN_VW; k++) a[k] = (float)v[i + k];
+        a = nn_logf_v_pos(a);
+        memcpy(o + i, &a, sizeof a);
+    }
+    for (; i < n; i++) o[i] = nn_logf_pos((float)v[i]);
+}
 static inline void nn_vexpd(double *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) v[i] = exp(v[i]);
 }
