@@ -133,7 +133,13 @@ ML_TEST(conversion_to_plain) {
     ML_CHECK(y2->layout == 0);
     int64_t idx[5] = {1, 3, 2, 1, 4}, ridx[5] = {1, 19, 2, 1, 4};
     ML_CHECK_NEAR(ml_tensor_get(v, idx), ml_tensor_get(ref, ridx), 1e-4);
-    ml_tensor *ts[] = {x, w, x32, w32, y, ref, d, y2, v};
+    /* no grad (evaluation): 16k output channels still come out blocked */
+    ml_tensor *y3 = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ML_CHECK_OK(ml_conv(&y3, x32, w32, NULL, &p));
+    ml_set_grad_enabled(prev);
+    ML_CHECK(y3 && y3->layout == ML_LAYOUT_NC16 && ml_t_reldiff(y3, ref) < 1e-5);
+    ml_tensor *ts[] = {x, w, x32, w32, y, ref, d, y2, v, y3};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) ml_tensor_release(ts[i]);
 }
 
