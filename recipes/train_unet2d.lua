@@ -351,6 +351,7 @@ for _, sd in ipairs(subj_data) do
     train_prep[#train_prep + 1] = p
     sd.ct, sd.layers = nil, nil
   end
+  collectgarbage()
 end
 subj_data = nil
 collectgarbage()

@@ -878,6 +878,8 @@ function M.load_subject(subject_dir, names, opts)
     if not m:is_contiguous() then m = m:contiguous() end
     mv = nil
     fold(k, m, p)
+    m = nil
+    if shape3(ct)[1] * shape3(ct)[2] * shape3(ct)[3] > 4e6 then collectgarbage() end -- free each big mask now
   end
   for li, L in ipairs(layers) do layers[li] = L:byte():permute(2, 1, 0) end -- [X, Y, Z] views
   return {name = basename(subject_dir), dir = subject_dir, ct = ct, layers = layers, voxels = voxels}
@@ -1024,8 +1026,9 @@ end
 
 --- sum, sum of squares and count of the clipped intensities (for the training set's z-score statistics)
 function M.clip_stats(t, lo, hi)
-  local x = storage_view(t):double():clamp(lo, hi)
-  return x:sum():item(), (x * x):sum():item(), x:numel()
+  local x = storage_view(t):float():clamp(lo, hi) -- float32, one copy (a double copy of a big CT is ~1 GB)
+  local s1 = x:sum():item()
+  return s1, x:mul_(x):sum():item(), x:numel()
 end
 
 --- totalseg.prepare_slices(subject, cfg, K) -> {name, images [n, 1, H, W] float32, layers = {[n, H, W]
@@ -1268,8 +1271,8 @@ function M.predict_volume(net, ct, cfg, opts)
       if sel then logits = logits:index_select(1, sel) end
       local p = logits:sigmoid()
       local kk = p:size(1)
-      -- resize back in pieces of at most ~64M values
-      local step = math.max(1, math.floor(64e6 / (b * P * Q)))
+      -- resize back in pieces of at most ~16M values
+      local step = math.max(1, math.floor(16e6 / (b * P * Q)))
       for c0 = 0, kk - 1, step do
         local cn = math.min(step, kk - c0)
         local r = M.resize_bilinear(p:narrow(1, c0, cn):contiguous(), P, Q)
