@@ -127,7 +127,8 @@ end
 --- seg.preprocess(vol, cfg, is_label) -> Volume in RAS at cfg.spacing (labels: nearest; images: linear,
 --- then intensities scaled from [a_min, a_max] to [0, 1] and clipped, as ScaleIntensityRanged)
 function M.preprocess(v, cfg, is_label)
-  local r = v:to_ras():resample{spacing = cfg.spacing, mode = is_label and "nearest" or "linear"}
+  -- border padding, as MONAI's Spacingd: a constant 0 would be 0 HU (soft tissue) at the grid's far edge
+  local r = v:to_ras():resample{spacing = cfg.spacing, mode = is_label and "nearest" or "linear", padding_mode = "border"}
   if is_label then
     r.is_label = true
     return r
