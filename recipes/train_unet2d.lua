@@ -371,7 +371,7 @@ print(string.format("slices %dx%d along axis %d: train %d (%d with a structure, 
 
 cfg.label_table = args.table
 cfg.data = data_root
-cfg.train_subjects, cfg.val_subjects = train_names, val_names
+cfg.train_subjects, cfg.val_subjects = json.array(train_names), json.array(val_names)
 cfg.empty_weight, cfg.batch_size, cfg.lr, cfg.dice_weight, cfg.seed = args.empty_weight, batch_size, args.lr,
   args.dice_weight, seed
 
@@ -614,7 +614,14 @@ local total = medlua.clock() - t_start
 local mean_epoch = 0
 for _, t in ipairs(epoch_times) do mean_epoch = mean_epoch + t end
 mean_epoch = #epoch_times > 0 and mean_epoch / #epoch_times or 0
-print(string.format("summary: %d epochs%s, %.1f s per epoch (training + validation), total %.1f min | best val Dice %s " ..
-  "at epoch %s | peak RSS %.0f MB | out: %s", #epoch_times, resume_epoch > 0 and (" after epoch " .. resume_epoch) or "",
-  mean_epoch, total / 60, history.best_val_dice and string.format("%.4f", history.best_val_dice) or "n/a",
-  tostring(history.best_epoch or "n/a"), rss_mb("VmHWM"), out))
+local best_str
+if #val_names > 0 then
+  best_str = string.format("best val Dice %s at epoch %s", history.best_val_dice and string.format("%.4f",
+    history.best_val_dice) or "n/a", tostring(history.best_epoch or "n/a"))
+else
+  best_str = string.format("no validation subject: best.safetensors has the lowest training loss (epoch %s)",
+    tostring(history.best_epoch or "n/a"))
+end
+print(string.format("summary: %d epochs%s, %.1f s per epoch (training + validation), total %.1f min | %s | peak RSS " ..
+  "%.0f MB | out: %s", #epoch_times, resume_epoch > 0 and (" after epoch " .. resume_epoch) or "", mean_epoch, total / 60,
+  best_str, rss_mb("VmHWM"), out))
