@@ -356,6 +356,29 @@ T.case("UNet2D: shapes, PyTorch parameter names and count, a batch it overfits",
     last = loss:item()
   end
   T.ok(last < 0.5 * first, string.format("loss %.4f -> %.4f", first, last))
+  -- gradients equal those of the same modules composed step by step with out-of-place ops (an in-place
+  -- ReLU on the batch norm's output once gave wrong gradients without any error)
+  local function grads(fwd)
+    small:zero_grad()
+    F.binary_cross_entropy_with_logits(fwd(x), y):backward()
+    return small.downs["0"].conv["0"].weight.grad:clone(), small.ups["1"].conv["3"].weight.grad:clone()
+  end
+  local a1, b1 = grads(function(t) return small:forward(t) end)
+  local function dc(m, t)
+    local c = m.conv
+    t = F.relu(c["1"]:forward(c["0"]:forward(t)))
+    return F.relu(c["4"]:forward(c["3"]:forward(t)))
+  end
+  local a2, b2 = grads(function(t)
+    local s1 = dc(small.downs["0"], t)
+    local s2 = dc(small.downs["1"], F.max_pool2d(s1, {kernel_size = 2}))
+    local u = dc(small.bottleneck, F.max_pool2d(s2, {kernel_size = 2}))
+    u = dc(small.ups["1"], medlua.cat({s2, small.ups["0"]:forward(u)}, 1))
+    u = dc(small.ups["3"], medlua.cat({s1, small.ups["2"]:forward(u)}, 1))
+    return small.final_conv:forward(u)
+  end)
+  T.ok((a1 - a2):abs():amax():item() <= 1e-6 * (1 + a2:abs():amax():item()), "first conv weight gradient")
+  T.ok((b1 - b2):abs():amax():item() <= 1e-6 * (1 + b2:abs():amax():item()), "decoder conv weight gradient")
 end)
 
 local OUT = tmpdir() .. "/run"
