@@ -590,8 +590,9 @@ end
 --- Writes out_dir/subject/ct.nii.gz and segmentations/<name>.nii.gz (uint8 0/1) for every structure of
 --- the selection (opts.structures, default all of the table; empty masks are written too, as
 --- TotalSegmentator does). ct: a Volume, a NIfTI path or a DICOM folder (matched to the map slice by
---- slice position with align_series); multilabel: a Volume or a path, on the CT's grid (or the same
---- voxels in another axis order). A label value that is not in the table is an error naming it.
+--- slice position with align_series; an unevenly spaced series is refused); multilabel: a Volume or a
+--- path, on the CT's grid (or the same voxels in another axis order). A label value that is not in the
+--- table is an error naming it.
 --- opts.overwrite: replace an existing subject folder (else an error). Nothing is left half-written:
 --- the subject is assembled in a hidden staging folder that is renamed into place at the end.
 function M.split(ct, multilabel, tbl, out_dir, subject, opts)
@@ -609,7 +610,11 @@ function M.split(ct, multilabel, tbl, out_dir, subject, opts)
   -- read and check everything before writing anything
   local ctv, mlt, ct_what, ml_what
   if type(ct) == "string" and is_dir(ct) then
-    local ctvol, mv = M.align_series(ct, multilabel, opts)
+    local ctvol, mv, info = M.align_series(ct, multilabel, opts)
+    if info.uneven then
+      fail("%s: the series' slices are unevenly spaced, so ct.nii.gz (one affine) could not place every slice " ..
+        "where it is; give a complete series, or resample it first (volume.load(dir, {on_uneven = \"resample\"}))", ct)
+    end
     ctv, mlt, ct_what = ctvol, mv.data, ct
     ml_what = type(multilabel) == "string" and multilabel or "multi-label map"
   else

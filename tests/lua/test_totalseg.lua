@@ -243,6 +243,11 @@ T.case("DICOM series and mask aligned by slice position; a subset of the slices 
   T.ok((lung * hu:lt(-500):float()):sum():item() / lung:sum():item() > 0.9, "lungs are not on air")
   local bone = lab:ge(92):logical_and(lab:le(115)):logical_or(lab:ge(29):logical_and(lab:le(46))):float()
   T.ok((bone * hu:gt(150):float()):sum():item() / bone:sum():item() > 0.4, "ribs/vertebrae are not on bone")
+  -- such a subset cannot become ct.nii.gz (one affine cannot place every slice): refused, nothing written
+  local o = tmpdir()
+  T.raises(function() totalseg.split(d, mask, LIDC .. "/totalseg_mask_structures.csv", o, "s0003", {structures = "liver"}) end,
+    "unevenly spaced")
+  T.eq(#ls_a(o), 0)
   -- a mask that does not cover a slice is an error naming the file
   local short = volume.load(mask)
   short = short:with_data(short.data:narrow(2, 0, 100):contiguous())
