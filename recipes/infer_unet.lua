@@ -37,19 +37,9 @@ local args = cli.parse(arg, {
 })
 if args.threads > 0 then medlua.threads(args.threads) end
 
-local function die(msg)
-  io.stderr:write("infer_unet: ", (tostring(msg):gsub("^[^:]*%.lua:%d+: ", "")), "\n")
-  os.exit(1)
-end
+local function die(msg) cli.die("infer_unet", msg) end
 
-local function split(s)
-  local out = {}
-  for p in tostring(s):gmatch("[^,]+") do
-    p = p:gsub("^%s+", ""):gsub("%s+$", "")
-    if p ~= "" then out[#out + 1] = p end
-  end
-  return out
-end
+local split = cli.split
 
 local mdir = seg.find(args.model)
 local ok, cfg = pcall(seg.load_config, mdir .. "/config.json")

@@ -68,10 +68,7 @@ local args = cli.parse(arg, {
 local t_start = medlua.clock()
 if args.threads > 0 then medlua.threads(math.tointeger(args.threads)) end
 
-local function die(msg)
-  io.stderr:write("train_unet2d: ", (tostring(msg):gsub("^[^:]*%.lua:%d+: ", "")), "\n")
-  os.exit(1)
-end
+local function die(msg) cli.die("train_unet2d", msg) end
 
 local function try(f, ...)
   local r = table.pack(pcall(f, ...))
@@ -79,25 +76,9 @@ local function try(f, ...)
   return table.unpack(r, 2, r.n)
 end
 
-local function split(s)
-  local out = {}
-  for p in tostring(s):gmatch("[^,]+") do
-    p = p:gsub("^%s+", ""):gsub("%s+$", "")
-    if p ~= "" then out[#out + 1] = p end
-  end
-  return out
-end
+local split = cli.split
 
-local function numbers(s, n, what)
-  local v = {}
-  for _, p in ipairs(split(s)) do
-    local x = tonumber(p)
-    if not x then die(string.format("--%s: '%s' is not a number", what, p)) end
-    v[#v + 1] = x
-  end
-  if n and #v ~= n then die(string.format("--%s: expected %d numbers, got '%s'", what, n, s)) end
-  return v
-end
+local function numbers(s, n, what) return cli.numbers(s, n, what, "train_unet2d") end
 
 local function ints(s, what)
   local v = numbers(s, nil, what)

@@ -93,4 +93,36 @@ function cli.parse(argv, spec)
   return args
 end
 
+--- cli.die(prog, msg): print "prog: msg" (without a Lua "file.lua:N: " prefix) to stderr and exit 1
+function cli.die(prog, msg)
+  io.stderr:write(prog, ": ", (tostring(msg):gsub("^[^:]*%.lua:%d+: ", "")), "\n")
+  os.exit(1)
+end
+
+--- cli.split("a, b,,c") -> {"a", "b", "c"}   (comma-separated option values, blanks dropped)
+function cli.split(s)
+  local out = {}
+  for p in tostring(s):gmatch("[^,]+") do
+    p = p:gsub("^%s+", ""):gsub("%s+$", "")
+    if p ~= "" then out[#out + 1] = p end
+  end
+  return out
+end
+
+--- cli.numbers(s, n, what, prog, {broadcast = true}) -> list of numbers from "1.5,2,2" (exits through
+--- cli.die naming --what on a non-number or, with n, on a count other than n; broadcast: one value -> n)
+function cli.numbers(s, n, what, prog, o)
+  local v = {}
+  for _, p in ipairs(cli.split(s)) do
+    local x = tonumber(p)
+    if not x then cli.die(prog, string.format("--%s: '%s' is not a number", what, p)) end
+    v[#v + 1] = x
+  end
+  if o and o.broadcast and n and #v == 1 then
+    for i = 2, n do v[i] = v[1] end
+  end
+  if n and #v ~= n then cli.die(prog, string.format("--%s: expected %d numbers, got '%s'", what, n, s)) end
+  return v
+end
+
 return cli
