@@ -33,25 +33,21 @@ function M.root()
   return dir or "."
 end
 
+local function exists(p) -- a file or a folder
+  local f = io.open(p, "rb")
+  if f then f:close(); return true end
+  return os.rename(p, p) ~= nil
+end
+
 --- seg.find(path): path as given when it exists, else relative to the repository root
 function M.find(path)
   if path == nil or path == "" then return path end
-  local function exists(p)
-    local f = io.open(p, "rb")
-    if f then f:close(); return true end
-    return os.rename(p, p) ~= nil -- directories
-  end
   if exists(path) or path:sub(1, 1) == "/" then return path end
   local alt = M.root() .. "/" .. path
   if exists(alt) then return alt end
   return path
 end
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close(); return true end
-  return os.rename(p, p) ~= nil
-end
 
 local function basename(p)
   local b = p:gsub("/+$", ""):match("([^/]+)$") or p
