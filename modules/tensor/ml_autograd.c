@@ -49,6 +49,11 @@ ml_node *ml_node_new(const char *name, ml_backward_fn fn, int nin, ml_tensor *co
             n->needs[i] = true;
             n->in[i] = t;
             ml_tensor_retain(t);
+            if (t->grad_fn) {
+                n->in_fn[i] = t->grad_fn;
+                n->in_out[i] = t->grad_fn_out;
+                __atomic_add_fetch(&t->grad_fn->refcount, 1, __ATOMIC_RELAXED);
+            }
         }
     }
     return n;
@@ -94,11 +99,31 @@ void ml_node_set_output(ml_node *n, int k, ml_tensor *out) {
  * point at it. */
 static void node_free_graph(ml_node *n) {
     for (int i = 0; i < n->nin; i++) { ml_tensor_release(n->in[i]); n->in[i] = NULL; }
+    for (int i = 0; i < n->nin; i++) { ml_node_release(n->in_fn[i]); n->in_fn[i] = NULL; }
     for (int i = 0; i < n->nsaved; i++) { ml_tensor_release(n->saved[i]); n->saved[i] = NULL; }
     for (int k = 0; k < ML_NODE_MAX_OUT; k++) { ml_tensor_release(n->gout[k]); n->gout[k] = NULL; }
     if (n->ctx && n->ctx_free) n->ctx_free(n->ctx);
     n->ctx = NULL;
     n->freed = true;
+}
+
+/* Drop one reference to g; a node that reaches zero goes on the stack to be freed (NULL: no room, the
+ * caller frees it recursively). */
+static bool drop_node(ml_node *g, ml_node ***stack, size_t *sp, size_t *cap) {
+    if (!g || __atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) != 0) return true;
+    if (*sp == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        ml_node **ns = realloc(*stack, c * sizeof *ns);
+        if (!ns) { /* fall back to recursion for this one */
+            g->refcount = 1;
+            ml_node_release(g);
+            return false;
+        }
+        *stack = ns;
+        *cap = c;
+    }
+    (*stack)[(*sp)++] = g;
+    return true;
 }
 
 void ml_node_release(ml_node *n) {
@@ -111,27 +136,18 @@ void ml_node_release(ml_node *n) {
         for (int i = 0; i < cur->nin; i++) {
             ml_tensor *t = cur->in[i];
             cur->in[i] = NULL;
-            if (!t) continue;
-            /* If this is the last reference to t, detach its node and defer its release. */
-            if (__atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE) == 1 && t->grad_fn) {
-                ml_node *g = t->grad_fn;
-                t->grad_fn = NULL;
-                if (__atomic_sub_fetch(&g->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
-                    if (sp == cap) {
-                        cap = cap ? cap * 2 : 64;
-                        ml_node **ns = realloc(stack, cap * sizeof *ns);
-                        if (!ns) { /* fall back to recursion for this one */
-                            g->refcount = 1;
-                            ml_tensor_release(t);
-                            ml_node_release(g);
-                            continue;
-                        }
-                        stack = ns;
-                    }
-                    stack[sp++] = g;
+            ml_node *f = cur->in_fn[i];
+            cur->in_fn[i] = NULL;
+            if (t) {
+                /* If this is the last reference to t, detach its node and defer its release. */
+                if (__atomic_load_n(&t->refcount, __ATOMIC_ACQUIRE) == 1 && t->grad_fn) {
+                    ml_node *g = t->grad_fn;
+                    t->grad_fn = NULL;
+                    drop_node(g, &stack, &sp, &cap);
                 }
+                ml_tensor_release(t);
             }
-            ml_tensor_release(t);
+            drop_node(f, &stack, &sp, &cap);
         }
         node_free_graph(cur);
         free(cur);
@@ -145,12 +161,120 @@ ml_err ml_record(const char *name, ml_backward_fn fn, int nin, ml_tensor *const 
                  ml_node **node_out) {
     if (node_out) *node_out = NULL;
     if (!ml_needs_grad(nin, ts)) return ML_OK;
+    ml_err e;
+    for (int i = 0; i < nin; i++)
+        if (ts[i] && (e = ml_check_history(name, ts[i]))) return e;
     ml_node *n = ml_node_new(name, fn, nin, ts);
     if (!n) return ML_ERR_OOM;
     ml_node_set_output(n, 0, out);
     ml_node_release(n); /* the output holds it now */
     if (node_out) *node_out = n;
     return ML_OK;
+}
+
+/* ------------------------------------------------------- in-place ops */
+static bool shape_eq_t(const ml_tensor *x, const ml_tensor *y) {
+    if (x->ndim != y->ndim) return false;
+    for (int i = 0; i < x->ndim; i++)
+        if (x->shape[i] != y->shape[i]) return false;
+    return true;
+}
+
+bool ml_inplace_tracked(const ml_tensor *a, const ml_tensor *b) {
+    return ml_grad_enabled() && (a->grad_fn || (b && b->requires_grad));
+}
+
+ml_err ml_check_history(const char *op, const ml_tensor *t) {
+    if (t->hist_gen == t->storage->hist_gen) return ML_OK;
+    return ml_seterr(ML_ERR_GRAD,
+                     "%s: a tensor of shape %s was changed by an in-place op that autograd recorded on another "
+                     "tensor sharing its memory (a view of it, or its base), so its gradient history no longer "
+                     "matches its values; apply the op out of place, or in place to this tensor itself",
+                     op, ml_shape_str(t->ndim, t->shape));
+}
+
+ml_err ml_inplace_old(const char *op, ml_tensor **old, ml_tensor *a) {
+    *old = NULL;
+    ml_err e = ml_check_history(op, a);
+    if (e) return e;
+    bool prev = ml_set_grad_enabled(false);
+    e = ml_clone(old, a);
+    ml_set_grad_enabled(prev);
+    if (e) return e;
+    if (a->grad_fn) {
+        (*old)->grad_fn = a->grad_fn;
+        (*old)->grad_fn_out = a->grad_fn_out;
+        __atomic_add_fetch(&a->grad_fn->refcount, 1, __ATOMIC_RELAXED);
+    }
+    (*old)->requires_grad = a->requires_grad;
+    return ML_OK;
+}
+
+ml_err ml_inplace_rebase(ml_tensor *a, ml_tensor *r) {
+    ml_tensor *rc = r;
+    ml_err e = ML_OK;
+    if (r->dtype != a->dtype) { /* the in-place result takes the target's dtype; the cast is recorded */
+        if ((e = ml_to_dtype(&rc, r, (ml_dtype)a->dtype))) return e;
+    } else {
+        ml_tensor_retain(rc);
+    }
+    bool prev = ml_set_grad_enabled(false);
+    e = ml_copy_(a, rc);
+    ml_set_grad_enabled(prev);
+    if (!e) {
+        ml_node *n = rc->grad_fn;
+        if (n) __atomic_add_fetch(&n->refcount, 1, __ATOMIC_RELAXED);
+        if (a->grad_fn) ml_node_release(a->grad_fn);
+        a->grad_fn = n;
+        a->grad_fn_out = rc->grad_fn_out;
+        a->requires_grad = rc->requires_grad;
+        a->hist_gen = ++a->storage->hist_gen;
+    }
+    ml_tensor_release(rc);
+    return e;
+}
+
+ml_err ml_inplace_apply(const char *op, ml_tensor *a, ml_inplace_fn fn, const void *ctx) {
+    ml_tensor *old, *r;
+    ml_err e = ml_inplace_old(op, &old, a);
+    if (e) return e;
+    e = fn(&r, old, ctx);
+    ml_tensor_release(old);
+    if (e) return e;
+    if (!shape_eq_t(r, a)) {
+        e = ml_seterr(ML_ERR_SHAPE, "%s: the result of shape %s does not fit the in-place target of shape %s", op,
+                      ml_shape_str(r->ndim, r->shape), ml_shape_str(a->ndim, a->shape));
+    } else {
+        e = ml_inplace_rebase(a, r);
+    }
+    ml_tensor_release(r);
+    return e;
+}
+
+static ml_err copy_recorded(ml_tensor **out, ml_tensor *old, const void *ctx) {
+    ml_tensor *src = (ml_tensor *)ctx;
+    return ml_expand(out, src, old->ndim, old->shape);
+}
+
+ml_err ml_copy_recorded_(ml_tensor *dst, ml_tensor *src) {
+    if (ml_grad_enabled() && src->requires_grad) {
+        if (!ml_dtype_is_float((ml_dtype)dst->dtype))
+            return ml_seterr(ML_ERR_DTYPE, "copy_: the source (shape %s) requires grad but the target is %s; gradients "
+                                           "need a floating point target",
+                             ml_shape_str(src->ndim, src->shape), ml_dtype_name((ml_dtype)dst->dtype));
+        return ml_inplace_apply("copy_", dst, copy_recorded, src);
+    }
+    ml_err e = ml_copy_(dst, src);
+    if (!e) ml_inplace_cut(dst);
+    return e;
+}
+
+void ml_inplace_cut(ml_tensor *a) {
+    if (!ml_grad_enabled() || !a->grad_fn) return;
+    ml_node_release(a->grad_fn);
+    a->grad_fn = NULL;
+    a->requires_grad = false;
+    a->hist_gen = ++a->storage->hist_gen;
 }
 
 ml_err ml_set_requires_grad(ml_tensor *t, bool on) {
@@ -230,7 +354,8 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
         return ml_seterr(ML_ERR_GRAD, "backward: tensor of shape %s does not require grad and has no grad_fn",
                          ml_shape_str(root->ndim, root->shape));
     ml_tensor *g0 = NULL;
-    ml_err e = ML_OK;
+    ml_err e = ml_check_history("backward", root);
+    if (e) return e;
     if (grad) {
         if ((e = grad_shape_check("backward", grad, root->ndim, root->shape))) return e;
         ml_tensor_retain(grad);
@@ -279,21 +404,21 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
         __atomic_add_fetch(&n->refcount, 1, __ATOMIC_RELAXED); /* held until the end: freeing the graph
                                                                    releases inputs that may own nodes */
         for (int i = 0; i < n->nin; i++) {
-            ml_tensor *t = n->in[i];
-            if (!t || !t->grad_fn || t->grad_fn->visit_mark == mark) continue;
-            if (t->grad_fn->freed) {
+            ml_node *f = n->in_fn[i];
+            if (!f || f->visit_mark == mark) continue;
+            if (f->freed) {
                 e = ml_seterr(ML_ERR_GRAD, "backward: part of the graph (op %s) was already freed by an earlier backward",
-                              t->grad_fn->name);
+                              f->name);
                 goto done;
             }
-            t->grad_fn->visit_mark = mark;
+            f->visit_mark = mark;
             if (sp == scap) {
                 scap *= 2;
                 ml_node **s2 = realloc(stack, scap * sizeof *s2);
                 if (!s2) { e = ml_seterr(ML_ERR_OOM, "backward: out of memory"); goto done; }
                 stack = s2;
             }
-            stack[sp++] = t->grad_fn;
+            stack[sp++] = f;
         }
     }
     qsort(nodes, nn, sizeof *nodes, cmp_seq_desc);
@@ -334,9 +459,11 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
             if (t && n->needs[i]) {
                 e = grad_shape_check(n->name, g, t->ndim, t->shape);
                 if (!e) {
-                    if (t->grad_fn) {
-                        e = accumulate_slot(&t->grad_fn->gout[t->grad_fn_out], g);
-                        if (!e && t->retain_grad) e = ml_accumulate(&t->grad, g);
+                    ml_node *f = n->in_fn[i];
+                    if (f) {
+                        e = accumulate_slot(&f->gout[n->in_out[i]], g);
+                        /* retain_grad: only while t still holds the values this edge saw */
+                        if (!e && t->retain_grad && t->grad_fn == f) e = ml_accumulate(&t->grad, g);
                     } else {
                         e = ml_accumulate(&t->grad, g);
                     }

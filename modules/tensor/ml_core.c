@@ -344,6 +344,7 @@ ml_tensor *ml_tensor_header(ml_storage *s, ml_dtype dt, int ndim, const int64_t 
     for (int i = 0; i < ndim; i++) { t->shape[i] = shape[i]; t->stride[i] = stride[i]; }
     t->offset = offset;
     t->storage = s;
+    t->hist_gen = s->hist_gen;
     ml_storage_retain(s);
     return t;
 }
@@ -571,6 +572,7 @@ void ml_broadcast_strides(const ml_tensor *t, int ndim, const int64_t *shape, in
 /* ----------------------------------------------------------------- creation */
 ml_err ml_fill_(ml_tensor *t, double v) {
     if (t->layout) return ml_seterr(ML_ERR_UNSUPPORTED, "fill_: backend layout");
+    ml_inplace_cut(t); /* the values no longer depend on t's history */
     int64_t n = ml_tensor_numel(t);
     char *base = (char *)t->storage->data;
     ml_dtype dt = (ml_dtype)t->dtype;
@@ -719,6 +721,7 @@ static ml_err random_inplace(ml_tensor *t, dist_kind k, double a, double b, cons
     if (e) return e;
     e = ml_copy_(t, tmp);
     ml_tensor_release(tmp);
+    if (!e) ml_inplace_cut(t); /* the values no longer depend on t's history */
     return e;
 }
 ml_err ml_uniform_(ml_tensor *t, double lo, double hi) { return random_inplace(t, DIST_UNIFORM, lo, hi, "uniform_"); }

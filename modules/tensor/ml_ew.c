@@ -689,14 +689,20 @@ static ml_err binop_grads(ml_binop op, ml_tensor *g, ml_tensor *a, ml_tensor *b,
     return e;
 }
 
-static bool binop_saves(ml_binop op) { return op != ML_ADD && op != ML_SUB; }
+/* Whether backward needs the inputs' values: not for + and -, nor for a * s, s * a and a / s (their
+ * gradient is g * s or g / s), so an in-place change of a after them is no error. */
+static bool binop_saves(ml_binop op, bool scalar, bool reverse) {
+    if (op == ML_ADD || op == ML_SUB) return false;
+    if (scalar && (op == ML_MUL || (op == ML_DIV && !reverse))) return false;
+    return true;
+}
 
 static ml_err bw_binary(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     const bin_params *p = (const bin_params *)n->params;
     ml_binop op = (ml_binop)p->op;
     ml_tensor *g = gout[0], *a = NULL, *b = NULL, *sc = NULL, *ga = NULL, *gb = NULL;
     ml_err e;
-    if (binop_saves(op)) {
+    if (binop_saves(op, p->scalar, p->reverse)) {
         if (!(a = ml_node_saved(n, 0))) return ML_ERR_GRAD;
         if (!p->scalar && !(b = ml_node_saved(n, 1))) return ML_ERR_GRAD;
     }
@@ -726,7 +732,7 @@ static ml_err binary_record(ml_tensor *out, ml_binop op, ml_tensor *a, ml_tensor
     if (e || !n) return e;
     bin_params p = {.op = op, .scalar = b == NULL, .reverse = reverse, .s = s};
     memcpy(n->params, &p, sizeof p);
-    if (binop_saves(op)) {
+    if (binop_saves(op, b == NULL, reverse)) {
         if (ml_node_save(n, a) < 0) return ML_ERR_INTERNAL;
         if (b && ml_node_save(n, b) < 0) return ML_ERR_INTERNAL;
     }
@@ -748,6 +754,13 @@ ml_err ml_binary(ml_tensor **out, ml_binop op, ml_tensor *a, ml_tensor *b) { ret
 
 ml_err ml_binary_scalar(ml_tensor **out, ml_binop op, ml_tensor *a, double s, bool reverse) {
     return binary_any(out, op, a, NULL, s, reverse);
+}
+
+/* the recorded out-of-place form of a tracked in-place binary op */
+typedef struct { ml_binop op; ml_tensor *b; double s; } binary_ctx;
+static ml_err binary_recorded(ml_tensor **out, ml_tensor *old, const void *ctx) {
+    const binary_ctx *c = ctx;
+    return binary_any(out, c->op, old, c->b, c->s, false);
 }
 
 /* in place: a = a op b (b NULL: scalar s) */
@@ -773,6 +786,10 @@ static ml_err binary_inplace(ml_binop op, ml_tensor *a, ml_tensor *b, double s) 
     if (ml_dtype_is_float(od) && !ml_dtype_is_float(ad))
         return ml_seterr(ML_ERR_DTYPE, "%s: result type %s can't be cast to the in-place target's dtype %s", name,
                          ml_dtype_name(od), ml_dtype_name(ad));
+    if (ml_inplace_tracked(a, b)) {
+        binary_ctx c = {op, b, s};
+        return ml_inplace_apply(name, a, binary_recorded, &c);
+    }
     bool direct = ml_dtype_is_float(cd) && !binop_boolout(op) && ad == kernel_float(cd) && ad == cd;
     if (direct) {
         ml_tensor *bb = b;
@@ -943,12 +960,17 @@ ml_err ml_unary(ml_tensor **out, ml_unop op, ml_tensor *a) {
     return ML_OK;
 }
 
+static ml_err unary_recorded(ml_tensor **out, ml_tensor *old, const void *ctx) {
+    return ml_unary(out, *(const ml_unop *)ctx, old);
+}
+
 ml_err ml_unary_(ml_unop op, ml_tensor *a) {
     if ((unsigned)op >= ML_NUNOPS) return ml_seterr(ML_ERR_ARG, "unary_: unknown op %d", (int)op);
     const char *name = unop_inames[op];
     ml_err e;
     if ((e = ml_check_inplace(name, a)) || (e = ml_tensor_plain(a)) || (e = check_writable(name, a))) return e;
     ml_dtype ad = (ml_dtype)a->dtype;
+    if (ml_inplace_tracked(a, NULL) && !unop_boolout(op)) return ml_inplace_apply(name, a, unary_recorded, &op);
     if ((ad == ML_F32 || ad == ML_F64) && !unop_boolout(op)) {
         float_unary_inplace(a, unop_iop[op], NULL);
         return ML_OK;
@@ -1006,10 +1028,19 @@ ml_err ml_clamp(ml_tensor **out, ml_tensor *a, double lo, double hi) {
     return ML_OK;
 }
 
+static ml_err clamp_recorded(ml_tensor **out, ml_tensor *old, const void *ctx) {
+    const double *lh = ctx;
+    return ml_clamp(out, old, lh[0], lh[1]);
+}
+
 ml_err ml_clamp_(ml_tensor *a, double lo, double hi) {
     ml_err e;
     if ((e = ml_check_inplace("clamp_", a)) || (e = ml_tensor_plain(a)) || (e = check_writable("clamp_", a))) return e;
     ml_dtype ad = (ml_dtype)a->dtype;
+    if (ml_inplace_tracked(a, NULL)) {
+        double lh[2] = {lo, hi};
+        return ml_inplace_apply("clamp_", a, clamp_recorded, lh);
+    }
     if (ad == ML_F32 || ad == ML_F64) {
         double pr[2] = {lo, hi};
         float_unary_inplace(a, IOP_CLAMP, pr);
@@ -1269,6 +1300,11 @@ done:
 static ml_err fused_inplace(const char *name, int iop, ml_tensor *a, ml_tensor *b, const double *pr, bool check_leaf) {
     ml_err e;
     if (check_leaf && (e = ml_check_inplace(name, a))) return e;
+    if (ml_inplace_tracked(a, b))
+        return ml_seterr(ML_ERR_GRAD,
+                         "%s: autograd does not record this in-place op and the target (shape %s) is part of a graph "
+                         "or the operand (shape %s) requires grad; run it under no_grad or write it out of place",
+                         name, ml_shape_str(a->ndim, a->shape), ml_shape_str(b->ndim, b->shape));
     if ((e = ml_tensor_plain(a)) || (e = ml_tensor_plain(b)) || (e = check_writable(name, a))) return e;
     if (!ml_dtype_is_float((ml_dtype)a->dtype))
         return ml_seterr(ML_ERR_DTYPE, "%s: expected a floating point target, got %s", name,

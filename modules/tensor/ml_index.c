@@ -112,6 +112,11 @@ static void scatter_add_kernel(ml_tensor *t, int dim, const ml_tensor *idx, cons
 ml_err ml_scatter_add_(ml_tensor *t, int dim, ml_tensor *index, ml_tensor *src) {
     ml_err e;
     if ((e = ml_check_inplace("scatter_add_", t))) return e;
+    if (ml_inplace_tracked(t, src))
+        return ml_seterr(ML_ERR_GRAD,
+                         "scatter_add_: autograd does not record this in-place op and the target (shape %s) is part of "
+                         "a graph or src (shape %s) requires grad; run it under no_grad",
+                         ml_shape_str(t->ndim, t->shape), ml_shape_str(src->ndim, src->shape));
     if ((e = ml_tensor_plain(t)) || (e = ml_tensor_plain(index)) || (e = ml_tensor_plain(src))) return e;
     if ((e = check_index_dtype("scatter_add_", index))) return e;
     int d = ml_wrap_dim("scatter_add_", dim, t->ndim);

@@ -77,6 +77,9 @@ typedef struct ml_storage {
     size_t nbytes;
     int refcount;        /* atomic */
     uint32_t version;    /* bumped by every in-place write (autograd check) */
+    uint32_t hist_gen;   /* bumped when autograd records an in-place op on a tensor over this storage (the
+                          * tensor's history moves to that op) or cuts one (fill_ of a tensor in a graph):
+                          * other tensors over the storage then no longer match their history */
     ml_device device;
     void (*free_fn)(struct ml_storage *); /* NULL: default allocator */
     void *ctx;
@@ -99,6 +102,7 @@ typedef struct ml_tensor {
     struct ml_tensor *grad;   /* accumulated gradient (leaves, and non-leaves with retain_grad) */
     struct ml_node *grad_fn;  /* node that produced this tensor (retained) or NULL for leaves */
     int8_t grad_fn_out;       /* which output of grad_fn */
+    uint32_t hist_gen;        /* storage->hist_gen when this tensor's values and grad_fn last agreed */
     bool retain_grad;
     /* backend layout: 0 = plain strided. Non-zero = opaque blocked layout owned by a backend
      * (e.g. oneDNN); layout_desc describes it. Any op that needs plain strides calls
@@ -200,6 +204,9 @@ ml_err ml_normal_(ml_tensor *t, double mean, double std);
 /* ------------------------------------------------------- copy / convert */
 /* dst[...] = broadcast(src), converting dtype. Bumps dst version. Not recorded by autograd. */
 ml_err ml_copy_(ml_tensor *dst, const ml_tensor *src);
+/* The user's copy_: like ml_copy_, and recorded by autograd when src requires grad (dst takes src's
+ * history, broadcast and cast) or dst is part of a graph (its history is cut). */
+ml_err ml_copy_recorded_(ml_tensor *dst, ml_tensor *src);
 ml_err ml_contiguous(ml_tensor **out, ml_tensor *t);   /* retains t if already contiguous */
 ml_err ml_clone(ml_tensor **out, ml_tensor *t);
 ml_err ml_to_dtype(ml_tensor **out, ml_tensor *t, ml_dtype dt); /* retains t if same dtype */
@@ -305,6 +312,10 @@ struct ml_node {
     uint64_t seq;                      /* creation order (topological) */
     int nin, nout, nsaved;
     ml_tensor *in[ML_NODE_MAX_IN];     /* retained inputs (only those that need grad are kept; others NULL) */
+    struct ml_node *in_fn[ML_NODE_MAX_IN]; /* input i's grad_fn when this node was recorded (retained): the
+                                            * edge backward follows, even if the input's history moved on
+                                            * since (an in-place op recorded later) */
+    int8_t in_out[ML_NODE_MAX_IN];     /* which output of in_fn[i] */
     bool needs[ML_NODE_MAX_IN];        /* input i needs a gradient */
     ml_tensor *saved[ML_NODE_MAX_SAVED];
     uint32_t saved_version[ML_NODE_MAX_SAVED];
@@ -349,6 +360,22 @@ ml_err ml_record(const char *name, ml_backward_fn fn, int nin, ml_tensor *const 
 ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph);
 /* Mark a tensor as a leaf that requires grad (error if not floating point). */
 ml_err ml_set_requires_grad(ml_tensor *t, bool on);
+/* In-place ops under autograd, as PyTorch does them. An in-place op is tracked when grad mode is on
+ * and its target is part of a graph (has a grad_fn) or an operand requires grad. A tracked op runs as
+ * its recorded out-of-place form on a copy of the target (ml_inplace_old), and the target then takes
+ * the result's values and history (ml_inplace_rebase). An op whose result does not depend on the old
+ * values (fill_, zero_, random fills) cuts the target's history (ml_inplace_cut). Other tensors over
+ * the same memory (views, the base of a view) keep their old history, which no longer matches their
+ * values: using one of them in a recorded op is an error (ml_check_history), never a wrong gradient. */
+bool ml_inplace_tracked(const ml_tensor *a, const ml_tensor *b);
+ml_err ml_check_history(const char *op, const ml_tensor *t);
+ml_err ml_inplace_old(const char *op, ml_tensor **old, ml_tensor *a);
+ml_err ml_inplace_rebase(ml_tensor *a, ml_tensor *r);
+void ml_inplace_cut(ml_tensor *a);
+/* The tracked path in one call: fn(out, old, ctx) computes the op out of place (recorded) from old, a
+ * copy of a that carries a's history; a then takes the result. */
+typedef ml_err (*ml_inplace_fn)(ml_tensor **out, ml_tensor *old, const void *ctx);
+ml_err ml_inplace_apply(const char *op, ml_tensor *a, ml_inplace_fn fn, const void *ctx);
 /* Accumulate g into *slot (creating it). */
 ml_err ml_accumulate(ml_tensor **slot, ml_tensor *g);
 

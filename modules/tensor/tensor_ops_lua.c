@@ -777,6 +777,9 @@ static int m_set(lua_State *L) {
     check_plain(L, t, "set");
     int64_t off = index_offset(L, t, 3, "set");
     check_inplace(L, t, "set");
+    if (ml_inplace_tracked(t, NULL))
+        return luaL_error(L, "set: the tensor (shape %s) is part of an autograd graph; writing one element is not "
+                             "recorded: use masked_fill/where, or write under no_grad", ml_shape_str(t->ndim, t->shape));
     ml_lua_write_value(L, 2, t, off);
     ml_tensor_bump_version(t);
     lua_settop(L, 1);
@@ -810,13 +813,13 @@ static int m_copy_(lua_State *L) {
     ml_err e;
     if (src) {
         check_inplace(L, t, fname);
-        e = ml_copy_(t, src);
+        e = ml_copy_recorded_(t, src);
     } else if (lua_istable(L, 2)) {
         lua_settop(L, 2);
         ml_tensor **tmp = ml_lua_newbox(L); /* holds the converted table until the end */
         *tmp = ml_lua_table_to_tensor(L, 2, t->dtype, fname);
         check_inplace(L, t, fname);
-        e = ml_copy_(t, *tmp);
+        e = ml_copy_recorded_(t, *tmp);
     } else if (lua_type(L, 2) == LUA_TNUMBER || lua_type(L, 2) == LUA_TBOOLEAN) {
         double v = check_scalar(L, 2, fname, "source");
         check_inplace(L, t, fname);
@@ -942,6 +945,12 @@ static int m_masked_fill(lua_State *L) {
     return done(L, "masked_fill", ml_masked_fill(slot, t, m, v));
 }
 
+typedef struct { ml_tensor *mask; double value; } masked_fill_ctx;
+static ml_err masked_fill_recorded(ml_tensor **out, ml_tensor *old, const void *ctx) {
+    const masked_fill_ctx *c = ctx;
+    return ml_masked_fill(out, old, c->mask, c->value);
+}
+
 static int m_masked_fill_(lua_State *L) {
     const char *fname = "masked_fill_";
     ml_lua_check_nargs(L, 3, fname);
@@ -949,11 +958,17 @@ static int m_masked_fill_(lua_State *L) {
     ml_tensor *m = ml_lua_check_tensor_fn(L, 2, fname);
     double v = check_scalar(L, 3, fname, "value");
     check_inplace(L, t, fname);
-    ml_tensor **tmp = ml_lua_newbox(L);
-    bool prev = ml_set_grad_enabled(false);
-    ml_err e = ml_masked_fill(tmp, t, m, v);
-    if (!e) e = ml_copy_(t, *tmp);
-    ml_set_grad_enabled(prev);
+    ml_err e;
+    if (ml_inplace_tracked(t, NULL)) {
+        masked_fill_ctx c = {m, v};
+        e = ml_inplace_apply(fname, t, masked_fill_recorded, &c);
+    } else {
+        ml_tensor **tmp = ml_lua_newbox(L);
+        bool prev = ml_set_grad_enabled(false);
+        e = ml_masked_fill(tmp, t, m, v);
+        if (!e) e = ml_copy_(t, *tmp);
+        ml_set_grad_enabled(prev);
+    }
     if (e) return ml_lua_error_fn(L, fname, e);
     return return_self(L);
 }

@@ -111,6 +111,112 @@ T.case("in-place change of a saved tensor is detected", function()
   T.raises(function() s:backward() end, "modified in place")
 end)
 
+T.case("gradcheck: in-place ops on tensors in a graph, followed by ops that save their input", function()
+  medlua.manual_seed(11)
+  local x = medlua.randn({1, 2, 5, 5}, {dtype = "float64", requires_grad = true})
+  local w = medlua.randn({3, 2, 3, 3}, {dtype = "float64", requires_grad = true})
+  local b = medlua.randn({1, 2, 5, 5}, {dtype = "float64", requires_grad = true})
+  -- relu_ then conv2d (the conv saves the relu's output): the case that once gave wrong gradients
+  T.ok(gradcheck(function(xx, ww)
+    local h = xx * 2
+    h:relu_()
+    return F.conv2d(h, ww, nil, {padding = 1})
+  end, {x, w}))
+  -- unary, clamp_ and binary in-place ops, each feeding an op that saves its input
+  T.ok(gradcheck(function(xx, bb)
+    local h = xx + 0.1
+    h:sigmoid_()            -- saves its output
+    h:mul_(bb)              -- operand that requires grad
+    local g = xx * 1.5
+    g:clamp_(-0.5, 0.7)
+    g:add_(bb, nil)         -- tensor operand
+    g:exp_()
+    local k = xx * 1
+    k:masked_fill_(xx:gt(0.3), 2.0)
+    return (h * h):sum(1), g * xx, k * bb
+  end, {x, b}))
+  -- an operand aliasing the target, and a scalar operand
+  T.ok(gradcheck(function(xx)
+    local h = xx * 3
+    h:add_(h)
+    h:div_(0.7)
+    h:pow_(2)
+    return h
+  end, {x}))
+  -- copy_ of a source that requires grad into a plain buffer: the buffer takes the source's history
+  T.ok(gradcheck(function(xx)
+    local buf = medlua.zeros({1, 2, 5, 5}, {dtype = "float64"})
+    buf:copy_(xx:tanh())
+    return buf * buf
+  end, {x}))
+  -- f32 against f64: the same in-place chain gives the same gradients
+  local function grads(dt)
+    local xx = x:detach():to(dt); xx.requires_grad = true
+    local h = xx * 2
+    h:relu_()
+    F.conv2d(h, w:detach():to(dt), nil, {padding = 1}):sum():backward()
+    return xx.grad:to("float64")
+  end
+  T.ok((grads("float32") - grads("float64")):abs():max():item() < 1e-4)
+end)
+
+T.case("an in-place op keeps earlier consumers of the target on its old history", function()
+  local x = f64({-1, 2, 3})
+  local h = x * 2
+  local z = h * 3           -- recorded before relu_
+  h:relu_()
+  ;(z + h):sum():backward()
+  T.tensor_eq(x.grad, {6, 8, 8})
+  -- an operand that requires grad makes a plain target join the graph
+  local y = f64({1, 2, 3})
+  local buf = medlua.ones(3, {dtype = "float64"})
+  buf:mul_(y)
+  T.eq(buf.requires_grad, true)
+  ;(buf * y):sum():backward()
+  T.tensor_eq(y.grad, {2, 4, 6})
+end)
+
+T.case("fill_, zero_ and random fills cut the history of a tensor in a graph", function()
+  local x = f64({1, 2})
+  local h = x * 2
+  h:zero_()
+  T.eq(h.requires_grad, false)
+  ;(h + x):sum():backward()
+  T.tensor_eq(x.grad, {1, 1})
+  local g = x * 2
+  g:normal_()
+  T.eq(g.grad_fn, nil)
+end)
+
+T.case("an in-place op through another view is an error where its history is used, never a wrong gradient", function()
+  local x = f64({-1, 2, 3, -4})
+  local y = x * 2
+  local v = y:view(2, 2)
+  v:relu_()
+  T.raises(function() y:sum():backward() end, "sharing its memory")
+  T.raises(function() local _ = y * 2 end, "sharing its memory")
+  -- a view taken after the in-place op is fine
+  local y2 = x * 2
+  y2:relu_()
+  y2:view(2, 2):sum():backward()
+  T.tensor_eq(x.grad, {0, 2, 2, 0})
+  -- an in-place op that a saved tensor sees is still the version error
+  local h = x * 2
+  local z = (h * h):sum()
+  h:relu_()
+  T.raises(function() z:backward() end, "modified in place")
+end)
+
+T.case("in-place ops autograd does not record are refused on tensors in a graph", function()
+  local x = f64({1, 2, 3})
+  local h = x * 2
+  T.raises(function() h:set(5, 1) end, "part of an autograd graph")
+  local c = medlua.zeros(3, {dtype = "float64"})
+  T.raises(function() c:scatter_add_(0, medlua.tensor({0, 1, 2}, {dtype = "int64"}), h) end, "does not record")
+  -- under no_grad nothing is recorded and nothing is refused (PyTorch's rule)
+  medlua.no_grad(function() h:relu_(); h:set(5, 1); c:scatter_add_(0, medlua.tensor({0, 1, 2}, {dtype = "int64"}), h) end)
+end)
+
 T.case("an op without a backward rule joins the graph and backward through it is an error", function()
   local x = f64({3, 1, 2, 5})
   x.requires_grad = true
