@@ -34,6 +34,7 @@
 --   3d_<subject>/*.ply                  one colour per structure; the page opens offline, with toggles
 local medlua = require "medlua"
 local cli = require "medlua.cli"
+local path = require "medlua.path"
 local volume = require "medlua.volume"
 local labelmap = require "medlua.labelmap"
 local metrics = require "medlua.metrics"
@@ -82,26 +83,7 @@ local function ts_msg(e) return (clean(e):gsub("^totalseg: ", "")) end
 local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
 
 -- ---------------------------------------------------------------------------------------- files
-local function dirname(p)
-  local d = p:gsub("/+$", ""):match("^(.*)/[^/]*$")
-  if d == nil then return "." end
-  if d == "" then return "/" end
-  return d
-end
-local function basename(p) return (p:gsub("/+$", ""):match("([^/]*)$")) end
-local function join(a, b) return a:sub(-1) == "/" and (a .. b) or (a .. "/" .. b) end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
-local function is_dir(p)
-  local f = io.open(p, "rb")
-  if not f then return false end
-  local _, _, code = f:read(1)
-  f:close()
-  return code == 21 -- EISDIR
-end
+local dirname, basename, join, exists, is_dir = path.dirname, path.basename, path.join, path.exists, path.is_dir
 local function q(p) return "'" .. p:gsub("'", "'\\''") .. "'" end
 local function split(s)
   local out = {}

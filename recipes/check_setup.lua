@@ -9,6 +9,7 @@
 -- not problems when absent.
 local medlua = require "medlua"
 local cli = require "medlua.cli"
+local path = require "medlua.path"
 local F = medlua.F
 
 local args = cli.parse(arg, {
@@ -23,26 +24,10 @@ local function line(label, value) print(string.format("%-22s %s", label .. ":", 
 local function clean(msg) return (tostring(msg):gsub("^[^:\n]*%.lua:%d+: ", "")) end
 
 -- where the repository is: the directory above this script (recipes/..)
-local function dirname(p)
-  local d = p:match("^(.*)/[^/]*$")
-  if d == nil then return "." end
-  if d == "" then return "/" end
-  return d
-end
-local function join(a, b)
-  if a == "." then return b end
-  return a:sub(-1) == "/" and (a .. b) or (a .. "/" .. b)
-end
+local dirname, join, is_dir = path.dirname, path.join, path.is_dir
 local script_dir = dirname(arg and arg[0] or "recipes/check_setup.lua")
 local root = script_dir:match("^(.*)/recipes$") or (script_dir == "recipes" and ".") or join(script_dir, "..")
 
-local function is_dir(p)
-  local f = io.open(p, "rb")
-  if not f then return false end
-  local _, _, code = f:read(1)
-  f:close()
-  return code == 21 -- EISDIR
-end
 local function is_file(p)
   local f = io.open(p, "rb")
   if not f then return false end

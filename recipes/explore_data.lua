@@ -16,6 +16,7 @@
 -- axial slice has the patient's right on the image's left and anterior at the top.
 local medlua = require "medlua"
 local cli = require "medlua.cli"
+local path = require "medlua.path"
 local volume = require "medlua.volume"
 local labelmap = require "medlua.labelmap"
 local data = require "medlua.data"
@@ -51,32 +52,7 @@ local function die(msg)
 end
 
 -- ---------------------------------------------------------------------------------------- paths
-local function dirname(p)
-  local d = p:match("^(.*)/[^/]*$")
-  if d == nil then return "." end
-  if d == "" then return "/" end
-  return d
-end
-local function basename(p) return (p:gsub("/+$", ""):match("([^/]*)$")) end
-local function join(a, b)
-  if a == "." then return b end
-  return a:sub(-1) == "/" and (a .. b) or (a .. "/" .. b)
-end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
-local function is_dir(p)
-  local f = io.open(p, "rb")
-  if not f then return false end
-  local _, _, code = f:read(1)
-  f:close()
-  return code == 21 -- EISDIR
-end
-local function case_name(p)
-  return (basename(p):gsub("%.nii%.gz$", ""):gsub("%.nii$", ""):gsub("%.gz$", ""))
-end
+local dirname, basename, join, exists, is_dir, case_name = path.dirname, path.basename, path.join, path.exists, path.is_dir, path.case_name
 local script_dir = dirname(arg and arg[0] or "recipes/explore_data.lua")
 local root = script_dir:match("^(.*)/recipes$") or (script_dir == "recipes" and ".") or join(script_dir, "..")
 local samples = join(root, "data/samples")

@@ -29,6 +29,7 @@ local optim = require "medlua.optim"
 local losses = require "medlua.losses"
 local train = require "medlua.train"
 local cli = require "medlua.cli"
+local path = require "medlua.path"
 local json = require "medlua.json"
 local log = require "medlua.log"
 local plot = require "medlua.plot"
@@ -94,11 +95,7 @@ local function pos_int(x, what)
   return math.tointeger(x)
 end
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = path.exists
 
 local function rss_mb(field)
   local f = io.open("/proc/self/status", "r")

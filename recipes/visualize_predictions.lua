@@ -22,6 +22,7 @@
 -- up. Slice indices count along the RAS axis (--axis 2: from inferior to superior).
 local medlua = require "medlua"
 local cli = require "medlua.cli"
+local path = require "medlua.path"
 local volume = require "medlua.volume"
 local labelmap = require "medlua.labelmap"
 local json = require "medlua.json"
@@ -55,29 +56,7 @@ local function die(msg)
   os.exit(1)
 end
 
-local function dirname(p)
-  local d = p:match("^(.*)/[^/]*$")
-  if d == nil then return "." end
-  if d == "" then return "/" end
-  return d
-end
-local function basename(p) return (p:gsub("/+$", ""):match("([^/]*)$")) end
-local function join(a, b)
-  if a == "." then return b end
-  return a:sub(-1) == "/" and (a .. b) or (a .. "/" .. b)
-end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
-local function is_dir(p)
-  local f = io.open(p, "rb")
-  if not f then return false end
-  local _, _, code = f:read(1)
-  f:close()
-  return code == 21 -- EISDIR
-end
+local dirname, basename, join, exists, is_dir = path.dirname, path.basename, path.join, path.exists, path.is_dir
 
 -- ---------------------------------------------------------------------------------------- options
 if args.image == "" then die("--image is required (a NIfTI file or a DICOM directory; see --help)") end

@@ -21,6 +21,7 @@
 local medlua = require "medlua"
 local T = require "medlua.transforms"
 local json = require "medlua.json"
+local path = require "medlua.path"
 local C = medlua._data
 local M = {}
 
@@ -221,39 +222,7 @@ function Loader.__tostring(self)
 end
 
 -- ------------------------------------------------------------------ data lists
-local function dirname(p)
-  local d = p:match("^(.*)/[^/]*$")
-  if d == nil then return "." end
-  if d == "" then return "/" end
-  return d
-end
-
-local function normpath(p)
-  local abs = p:sub(1, 1) == "/"
-  local parts = {}
-  for seg in p:gmatch("[^/]+") do
-    if seg == ".." then
-      if #parts > 0 and parts[#parts] ~= ".." then parts[#parts] = nil
-      elseif not abs then parts[#parts + 1] = ".." end
-    elseif seg ~= "." then
-      parts[#parts + 1] = seg
-    end
-  end
-  local s = table.concat(parts, "/")
-  if abs then return "/" .. s end
-  return s == "" and "." or s
-end
-
-local function join(base, p)
-  if p:sub(1, 1) == "/" then return normpath(p) end
-  return normpath(base .. "/" .. p)
-end
-
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local dirname, join, exists = path.dirname, path.resolve, path.exists
 
 --- data.load_datalist(json_path, key = "training", base_dir = dirname(json_path), is_segmentation = true)
 --- as MONAI's load_decathlon_datalist: "image" (and "label" for segmentation) are joined to base_dir;

@@ -25,7 +25,7 @@ local json = require "medlua.json"
 local log = {}
 
 -- ------------------------------------------------------------------ small file helpers
-local function exists(path) return os.rename(path, path) ~= nil end
+local exists = require("medlua.path").exists
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 

@@ -20,6 +20,7 @@ local labelmap = require "medlua.labelmap"
 local metrics = require "medlua.metrics"
 local inferers = require "medlua.inferers"
 local json = require "medlua.json"
+local path = require "medlua.path"
 local F = medlua.F
 
 local M = {}
@@ -27,17 +28,8 @@ local M = {}
 local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
 
 --- seg.root(): the repository (or install) folder, found from this file's location
-function M.root()
-  local src = debug.getinfo(1, "S").source:gsub("^@", "")
-  local dir = src:match("^(.*)/lua/medlua/segment%.lua$")
-  return dir or "."
-end
-
-local function exists(p) -- a file or a folder
-  local f = io.open(p, "rb")
-  if f then f:close(); return true end
-  return os.rename(p, p) ~= nil
-end
+M.root = path.root
+local exists = path.exists
 
 --- seg.find(path): path as given when it exists, else relative to the repository root
 function M.find(path)
@@ -49,10 +41,7 @@ function M.find(path)
 end
 
 
-local function basename(p)
-  local b = p:gsub("/+$", ""):match("([^/]+)$") or p
-  return (b:gsub("%.nii%.gz$", ""):gsub("%.nii$", ""))
-end
+local basename = path.case_name
 M.case_name = basename
 
 local function max_abs_diff(a, b)

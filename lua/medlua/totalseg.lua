@@ -33,6 +33,7 @@
 local medlua = require "medlua"
 local volume = require "medlua.volume"
 local json = require "medlua.json"
+local path = require "medlua.path"
 local F = medlua.F
 
 local M = {}
@@ -40,26 +41,16 @@ local M = {}
 local function fail(fmt, ...) error("totalseg: " .. string.format(fmt, ...), 0) end
 
 -- ------------------------------------------------------------------ files
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close(); return true end
-  return false
-end
+local exists = path.exists
 
 local function listdir(p) return medlua._data.listdir(p) end
 
-local function is_dir(p)
-  local ok = pcall(listdir, p)
-  return ok
-end
+local is_dir, basename = path.is_dir, path.basename
 M.is_dir = is_dir
 
-local function basename(p) return (p:gsub("/+$", ""):match("([^/]+)$") or p) end
-
 local function mkdir(p)
-  if is_dir(p) then return end
-  local ok = os.execute("mkdir -p -- '" .. p:gsub("'", "'\\''") .. "' 2>/dev/null")
-  if not ok or not is_dir(p) then fail("%s: cannot create the folder", p) end
+  local ok = pcall(path.mkdir, p)
+  if not ok then fail("%s: cannot create the folder", p) end
 end
 M.mkdir = mkdir
 
