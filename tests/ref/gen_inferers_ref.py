@@ -24,7 +24,6 @@ sits, so overlapping windows disagree and the blending weights (constant / gauss
 """
 import json
 import os
-import struct
 import sys
 import zlib
 
@@ -42,28 +41,8 @@ assert sys.byteorder == "little"
 torch.set_num_threads(1)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_DT = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("int64"): "I64"}
-
-
-def st_save(path, tensors, metadata=None):
-    items = sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, a in items:
-        b = np.ascontiguousarray(a).tobytes()
-        header[name] = {"dtype": _DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+sys.path.insert(0, HERE)
+from st_io import st_save  # noqa: E402
 
 
 def gen(name):

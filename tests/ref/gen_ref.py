@@ -26,7 +26,6 @@ struct), independent of the safetensors package.
 import json
 import math
 import os
-import struct
 import sys
 import zlib
 
@@ -35,69 +34,8 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# ------------------------------------------------------------------ minimal safetensors writer
-_DT = {
-    torch.float64: ("F64", 8), torch.float32: ("F32", 4), torch.float16: ("F16", 2),
-    torch.bfloat16: ("BF16", 2), torch.int64: ("I64", 8), torch.int32: ("I32", 4),
-    torch.uint8: ("U8", 1), torch.bool: ("BOOL", 1),
-}
-assert sys.byteorder == "little", "the raw tensor bytes below are host order; safetensors is little-endian"
-
-
-def _tensor_bytes(t):
-    t = t.detach().cpu().contiguous()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        return t.view(torch.int16).numpy().tobytes()
-    if t.dtype == torch.bool:
-        return t.to(torch.uint8).numpy().tobytes()
-    return t.numpy().tobytes()
-
-
-def st_save(path, tensors, metadata=None):
-    """Write a safetensors file: u64 LE header length, JSON header padded with spaces to 8 bytes,
-    data buffer. Tensors are laid out widest dtype first, then by name (as the reference writer
-    does), so every tensor is aligned to its element size."""
-    items = sorted(tensors.items(), key=lambda kv: (-_DT[kv[1].dtype][1], kv[0]))
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, t in items:
-        b = _tensor_bytes(t)
-        header[name] = {"dtype": _DT[t.dtype][0], "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    h += b" " * (-len(h) % 8)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def st_load(path):
-    """Read a safetensors file written by st_save (used to replay the golden cases)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    meta = header.pop("__metadata__", {})
-    by_name = {v[0]: k for k, v in _DT.items()}
-    out = {}
-    for name, info in header.items():
-        b, e = info["data_offsets"]
-        dt = by_name[info["dtype"]]
-        buf = bytearray(raw[8 + n + b:8 + n + e])
-        if dt == torch.bool:
-            t = torch.frombuffer(buf, dtype=torch.uint8).to(torch.bool) if buf else torch.zeros(0, dtype=dt)
-        else:
-            t = torch.frombuffer(buf, dtype=dt) if buf else torch.zeros(0, dtype=dt)
-        out[name] = t.reshape(info["shape"]).clone()
-    return out, meta
+sys.path.insert(0, HERE)
+from st_io import st_load_torch as st_load, st_save_torch as st_save  # noqa: E402
 
 
 def replay(path):

@@ -15,7 +15,6 @@ cases below are replayed one by one in tests/lua/test_data.lua (same names, same
 """
 import json
 import os
-import struct
 import sys
 
 import nibabel as nib
@@ -39,28 +38,8 @@ DATA_OUT = os.path.join(ROOT, "tests", "data", "data_pipeline")
 SHARED = os.path.join(ROOT, "..", "shared", "data", "ct_totalseg")
 os.makedirs(DATA_OUT, exist_ok=True)
 
-_DT = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("int64"): "I64", np.dtype("uint8"): "U8"}
-
-
-def st_save(path, tensors, metadata=None):
-    items = sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, a in items:
-        b = np.ascontiguousarray(a).tobytes()
-        header[name] = {"dtype": _DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+sys.path.insert(0, HERE)
+from st_io import st_save  # noqa: E402
 
 
 # ------------------------------------------------------------------ inputs: crops of real images

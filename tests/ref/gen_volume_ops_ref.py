@@ -22,7 +22,6 @@ Seeds are fixed; the output is reproducible with the same library versions.
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -41,45 +40,8 @@ DATA_OUT = os.path.join(ROOT, "tests", "data", "volume_ops")
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 
-# ------------------------------------------------------------------ safetensors (numpy) writer
-_DT = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("int64"): "I64",
-       np.dtype("int32"): "I32", np.dtype("uint8"): "U8"}
-assert sys.byteorder == "little"
-
-
-def st_save(path, tensors, metadata=None):
-    items = sorted(tensors.items(), key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name, a in items:
-        b = np.ascontiguousarray(a).tobytes()
-        header[name] = {"dtype": _DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
-
-def st_load(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    inv = {v: k for k, v in _DT.items()}
-    out = {}
-    for name, info in header.items():
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype=inv[info["dtype"]]).reshape(info["shape"]).copy()
-    return out
+sys.path.insert(0, HERE)
+from st_io import st_load, st_save  # noqa: E402
 
 
 G = {}        # golden tensors
