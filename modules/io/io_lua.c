@@ -27,6 +27,9 @@ static int l_save(lua_State *L) {
         if (!bx)
             return luaL_error(L, "medlua.save: '%s' is not a tensor (got %s)", lua_tostring(L, -2), luaL_typename(L, -1));
         if (!bx->t) return luaL_error(L, "medlua.save: tensor '%s' is closed", lua_tostring(L, -2));
+        if (ml_tensor_is_cuda(bx->t))
+            return luaL_error(L, "medlua.save: tensor '%s' is on %s; move it with :cpu() first", lua_tostring(L, -2),
+                              ml_device_str(bx->t->storage->device));
         if (n == 0x7fffffff) return luaL_error(L, "medlua.save: too many tensors");
         n++;
         lua_pop(L, 1);

@@ -415,6 +415,10 @@ ml_err mld_to_prim(const char *op, dnnl_primitive_t r, const dnnl_memory_desc_t 
 
 /* --------------------------------------------------------- common checks */
 ml_err mld_check_float(const char *op, int n, ml_tensor *const *ts, const char *const *names) {
+    return mld_check_float_on(op, n, ts, names, false);
+}
+
+ml_err mld_check_float_on(const char *op, int n, ml_tensor *const *ts, const char *const *names, bool cuda_ok) {
     ml_dtype dt = (ml_dtype)ts[0]->dtype;
     if (dt != ML_F32 && dt != ML_F64)
         return ml_seterr(ML_ERR_DTYPE, "%s: %s has dtype %s; only float32 and float64 are supported", op, names[0],
@@ -429,8 +433,8 @@ ml_err mld_check_float(const char *op, int n, ml_tensor *const *ts, const char *
             return ml_seterr(ML_ERR_DEVICE, "%s: %s is on %s but %s is on %s", op, names[0],
                              ml_device_str(ts[0]->storage->device), names[i], ml_device_str(ts[i]->storage->device));
     }
-    if (ts[0]->storage->device.type != ML_CPU)
-        return ml_seterr(ML_ERR_DEVICE, "%s: %s is on %s; this op runs on cpu only", op, names[0],
+    if (ts[0]->storage->device.type != ML_CPU && !cuda_ok)
+        return ml_seterr(ML_ERR_DEVICE, "%s: %s is on %s; this op runs on cpu only so far (move it with :cpu())", op, names[0],
                          ml_device_str(ts[0]->storage->device));
     return ML_OK;
 }

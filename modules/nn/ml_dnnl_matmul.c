@@ -3,6 +3,7 @@
  * Backward rules are matmuls of the gradient with transposed operands plus a batch sum where
  * an operand was broadcast. */
 #include "ml_dnnl_priv.h"
+#include "../cuda/ml_cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -207,10 +208,53 @@ static ml_err mm_densify(ml_tensor **keep, mm_opnd *o, ml_dtype dt) {
     return ML_OK;
 }
 
+/* mm_run on a CUDA device: both operands expanded to the full batch shape and made dense, one
+ * strided-batched cuBLAS gemm, the bias added after */
+static ml_err cuda_mm_run(ml_tensor **out, ml_tensor *a, ml_tensor *b, ml_tensor *bias) {
+    *out = NULL;
+    ml_dtype dt = (ml_dtype)a->dtype;
+    int ba = a->ndim - 2, bb = b->ndim - 2, nb = ba > bb ? ba : bb;
+    int64_t shape[ML_MAX_DIMS + 2], sa[ML_MAX_DIMS + 2], sb[ML_MAX_DIMS + 2], batch = 1;
+    for (int i = 0; i < nb; i++) {
+        int ia = i - (nb - ba), ib = i - (nb - bb);
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        shape[i] = sa[i] = sb[i] = da == 1 ? db : da;
+        batch *= shape[i];
+    }
+    int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], N = b->shape[b->ndim - 1];
+    shape[nb] = sa[nb] = M;
+    shape[nb + 1] = sb[nb + 1] = N;
+    sa[nb + 1] = sb[nb] = K;
+    ml_tensor *ae = NULL, *be = NULL, *ad = NULL, *bd = NULL, *c = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e;
+    if ((e = ml_expand(&ae, a, nb + 2, sa)) || (e = ml_contiguous(&ad, ae)) || (e = ml_expand(&be, b, nb + 2, sb)) ||
+        (e = ml_contiguous(&bd, be)))
+        goto done;
+    if ((e = ml_tensor_empty_on(&c, ml_tensor_device(a), dt, nb + 2, shape))) goto done;
+    if (ml_tensor_numel(c) > 0) {
+        if (K == 0) e = ml_fill_(c, 0.0);
+        else
+            e = ml_cuda_gemm(dt, false, false, M, N, K, ml_tensor_data(ad), K, M * K, ml_tensor_data(bd), N, K * N,
+                             ml_tensor_data(c), N, M * N, batch, 1.0, 0.0, a->storage->device.index);
+        if (!e && bias) e = ml_binary_(ML_ADD, c, bias);
+    }
+done:
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(ae);
+    ml_tensor_release(be);
+    ml_tensor_release(ad);
+    ml_tensor_release(bd);
+    if (e) ml_tensor_release(c);
+    else *out = c;
+    return e;
+}
+
 /* out = a @ b (+ bias), a: [.., M, K], b: [.., K, N] (both rank >= 2, batch dims broadcastable,
  * checked by the caller), bias NULL or contiguous [N]. out: NEW contiguous [bshape.., M, N]. */
 static ml_err mm_run(ml_tensor **out, ml_tensor *a, ml_tensor *b, ml_tensor *bias) {
     *out = NULL;
+    if (ml_tensor_is_cuda(a)) return cuda_mm_run(out, a, b, bias);
     ml_dtype dt = (ml_dtype)a->dtype;
     int ba = a->ndim - 2, bb = b->ndim - 2, nb = ba > bb ? ba : bb;
     int64_t shape[ML_MAX_DIMS + 2];
@@ -339,6 +383,7 @@ static ml_tensor *promote(ml_tensor *t, bool is_a) {
 /* Sum a contiguous full [bshape.., R, C] down to the target operand batch shape (right-aligned,
  * dims 1 or equal) -> NEW contiguous [tshape.., R, C]. */
 static ml_err sum_batch(ml_tensor **out, ml_tensor *full, int tnd, const int64_t *tshape) {
+    if (ml_tensor_is_cuda(full)) return ml_sum_to(out, full, tnd, tshape);
     int nb = full->ndim - 2, tb = tnd - 2;
     bool same = nb == tb;
     for (int i = 0; same && i < nb; i++) same = full->shape[i] == tshape[i];
@@ -418,7 +463,7 @@ static ml_err col_sum(ml_tensor **out, ml_tensor *g, int64_t M, int64_t N) {
 static ml_err check_pair(const char *op, ml_tensor *a, ml_tensor *b) {
     ml_tensor *ts[2] = {a, b};
     static const char *const names[2] = {"input", "other"};
-    ml_err e = mld_check_float(op, 2, ts, names);
+    ml_err e = mld_check_float_on(op, 2, ts, names, true);
     if (e) return e;
     if (a->layout && (e = ml_tensor_plain(a))) return e;
     if (b->layout && (e = ml_tensor_plain(b))) return e;

@@ -127,6 +127,8 @@ ml_err mld_to_prim(const char *op, dnnl_primitive_t r, const dnnl_memory_desc_t 
 /* --------------------------------------------------------- common checks */
 /* x must be f32 or f64 (and the other tensors in ts the same dtype, NULL allowed). */
 ml_err mld_check_float(const char *op, int n, ml_tensor *const *ts, const char *const *names);
+/* the same, allowing CUDA tensors (ops with a device path) when cuda_ok */
+ml_err mld_check_float_on(const char *op, int n, ml_tensor *const *ts, const char *const *names, bool cuda_ok);
 /* Make plain + contiguous (NEW reference, or NULL if t is NULL). */
 ml_err mld_contig(ml_tensor **out, ml_tensor *t);
 /* An incoming gradient as a contiguous tensor of the op output's dtype (NEW reference). */

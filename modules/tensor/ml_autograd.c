@@ -358,6 +358,7 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
     if (e) return e;
     if (grad) {
         if ((e = grad_shape_check("backward", grad, root->ndim, root->shape))) return e;
+        if ((e = ml_check_same_device("backward", 2, (ml_tensor *[]){root, grad}))) return e;
         ml_tensor_retain(grad);
         g0 = grad;
     } else {
@@ -367,6 +368,15 @@ ml_err ml_backward(ml_tensor *root, ml_tensor *grad, bool retain_graph) {
                              "shape %s; pass a gradient",
                              ml_shape_str(root->ndim, root->shape));
         if ((e = ml_ones(&g0, (ml_dtype)root->dtype, root->ndim, root->shape))) return e;
+        if (ml_tensor_is_cuda(root)) { /* the seed on the root's device */
+            ml_tensor *gd;
+            bool pg = ml_set_grad_enabled(false);
+            e = ml_to_device(&gd, g0, ml_tensor_device(root));
+            ml_set_grad_enabled(pg);
+            ml_tensor_release(g0);
+            if (e) return e;
+            g0 = gd;
+        }
     }
     bool prev = ml_set_grad_enabled(false);
 

@@ -1,6 +1,7 @@
 /* medlua tensor core: errors, dtypes, memory accounting, storage, tensor lifecycle, creation,
  * random numbers, strided copy. Views live in ml_view.c, autograd in ml_autograd.c. */
 #include "ml_tensor.h"
+#include "../cuda/ml_cuda.h"
 #include "ml_iter.h"
 
 #include <math.h>
@@ -296,13 +297,18 @@ void ml_free_bytes(void *p, size_t n) {
 }
 
 ml_storage *ml_storage_new(size_t nbytes, ml_device dev) {
-    if (dev.type != ML_CPU) {
-        ml_seterr(ML_ERR_DEVICE, "storage on %s: this build has no such device", ml_device_str(dev));
+    if (dev.type != ML_CPU && dev.type != ML_CUDA) {
+        ml_seterr(ML_ERR_DEVICE, "storage on %s: no such device type", ml_device_str(dev));
         return NULL;
     }
     ml_storage *s = calloc(1, sizeof *s);
     if (!s) { ml_seterr(ML_ERR_OOM, "out of memory (storage header)"); return NULL; }
-    s->data = ml_alloc_bytes(nbytes);
+    if (dev.type == ML_CUDA) { /* device bytes are counted here; the CPU allocator counts its own */
+        s->data = ml_cuda_malloc(nbytes, dev.index);
+        if (s->data) mem_add(ML_CUDA, (int64_t)nbytes);
+    } else {
+        s->data = ml_alloc_bytes(nbytes);
+    }
     if (!s->data) { free(s); return NULL; }
     s->nbytes = nbytes;
     s->refcount = 1;
@@ -315,6 +321,10 @@ void ml_storage_retain(ml_storage *s) { if (s) __atomic_add_fetch(&s->refcount, 
 void ml_storage_release(ml_storage *s) {
     if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     if (s->free_fn) s->free_fn(s);
+    else if (s->device.type == ML_CUDA) {
+        ml_cuda_free(s->data, s->device.index);
+        mem_add(ML_CUDA, -(int64_t)s->nbytes);
+    }
     else ml_free_bytes(s->data, s->nbytes);
     free(s);
 }
@@ -368,13 +378,13 @@ static ml_err check_shape(const char *op, int ndim, const int64_t *shape, int64_
     return ML_OK;
 }
 
-ml_err ml_tensor_empty(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape) {
+ml_err ml_tensor_empty_on(ml_tensor **out, ml_device dev, ml_dtype dt, int ndim, const int64_t *shape) {
     *out = NULL;
     if ((unsigned)dt >= ML_NDTYPES) return ml_seterr(ML_ERR_DTYPE, "empty: unknown dtype %d", (int)dt);
     int64_t n = 0;
     ml_err e = check_shape("empty", ndim, shape, &n);
     if (e) return e;
-    ml_storage *s = ml_storage_new((size_t)n * ml_dtype_size(dt), ml_cpu());
+    ml_storage *s = ml_storage_new((size_t)n * ml_dtype_size(dt), dev);
     if (!s) return ML_ERR_OOM;
     int64_t stride[ML_MAX_DIMS];
     ml_contiguous_strides(ndim, shape, stride);
@@ -385,8 +395,12 @@ ml_err ml_tensor_empty(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *sh
     return ML_OK;
 }
 
+ml_err ml_tensor_empty(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape) {
+    return ml_tensor_empty_on(out, ml_cpu(), dt, ndim, shape);
+}
+
 ml_err ml_tensor_empty_like(ml_tensor **out, const ml_tensor *t) {
-    return ml_tensor_empty(out, (ml_dtype)t->dtype, t->ndim, t->shape);
+    return ml_tensor_empty_on(out, ml_tensor_device(t), (ml_dtype)t->dtype, t->ndim, t->shape);
 }
 
 ml_err ml_tensor_from_data(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape, const void *data) {
@@ -464,6 +478,14 @@ double ml_tensor_get(const ml_tensor *t, const int64_t *idx) {
     } else {
         for (int i = 0; i < t->ndim; i++) off += idx[i] * t->stride[i];
     }
+    if (ml_tensor_is_cuda(t)) { /* one element to the host */
+        unsigned char buf[16];
+        size_t es = ml_dtype_size((ml_dtype)t->dtype);
+        if (ml_cuda_memcpy(buf, ML_CUDA_HOST, (char *)t->storage->data + off * (int64_t)es,
+                           t->storage->device.index, es))
+            return NAN;
+        return ml_load_elem(buf, (ml_dtype)t->dtype, 0);
+    }
     return ml_load_elem(t->storage->data, (ml_dtype)t->dtype, off);
 }
 
@@ -520,8 +542,94 @@ void ml_set_num_threads(int n) {
 }
 
 /* --------------------------------------------------------------- strided copy */
-/* Generic copy with dtype conversion and broadcasting of src into dst. */
+static ml_err copy_host(ml_tensor *dst, const ml_tensor *src);
+
+ml_err ml_check_same_device(const char *op, int n, ml_tensor *const *ts) {
+    const ml_tensor *first = NULL;
+    for (int i = 0; i < n; i++) {
+        if (!ts[i]) continue;
+        if (!first) { first = ts[i]; continue; }
+        if (!ml_device_eq(ts[i]->storage->device, first->storage->device)) {
+            char a[32];
+            snprintf(a, sizeof a, "%s", ml_device_str(first->storage->device));
+            return ml_seterr(ML_ERR_DEVICE,
+                             "%s: expected all tensors on one device, got %s (shape %s) and %s (shape %s); move one "
+                             "with :to()",
+                             op, a, ml_shape_str(first->ndim, first->shape), ml_device_str(ts[i]->storage->device),
+                             ml_shape_str(ts[i]->ndim, ts[i]->shape));
+        }
+    }
+    return ML_OK;
+}
+
+ml_err ml_check_cpu(const char *op, const ml_tensor *t) {
+    if (!t || !ml_tensor_is_cuda(t)) return ML_OK;
+    return ml_seterr(ML_ERR_DEVICE, "%s: not implemented for %s tensors yet (shape %s); move it with :cpu()", op,
+                     ml_device_str(t->storage->device), ml_shape_str(t->ndim, t->shape));
+}
+
+static void cuda_opnd(ml_cuda_opnd *o, const ml_tensor *t, int ndim, const int64_t *shape) {
+    memset(o, 0, sizeof *o);
+    o->base = (char *)t->storage->data;
+    o->dtype = t->dtype;
+    o->off = t->offset;
+    ml_broadcast_strides(t, ndim, shape, o->st);
+}
+
+/* a contiguous copy of t (same dtype) on t's device, or t itself (retained) when it is contiguous */
+static ml_err dense_same_device(ml_tensor **out, const ml_tensor *t) {
+    if (ml_tensor_is_contiguous(t)) {
+        ml_tensor_retain((ml_tensor *)t);
+        *out = (ml_tensor *)t;
+        return ML_OK;
+    }
+    ml_err e = ml_tensor_empty_on(out, ml_tensor_device(t), (ml_dtype)t->dtype, t->ndim, t->shape);
+    if (!e) e = ml_copy_(*out, t);
+    if (e) { ml_tensor_release(*out); *out = NULL; }
+    return e;
+}
+
+/* Copy between devices: the source made dense on its own device, one transfer into a dense buffer
+ * on the target device, then the (broadcasting, converting) copy there. */
+static ml_err copy_across(ml_tensor *dst, const ml_tensor *src) {
+    ml_tensor *ds = NULL, *stage = NULL;
+    ml_err e = dense_same_device(&ds, src);
+    if (e) return e;
+    if (!(e = ml_tensor_empty_on(&stage, ml_tensor_device(dst), (ml_dtype)ds->dtype, ds->ndim, ds->shape))) {
+        size_t nb = (size_t)ml_tensor_numel(ds) * ml_dtype_size((ml_dtype)ds->dtype);
+        int dd = ml_tensor_is_cuda(dst) ? dst->storage->device.index : ML_CUDA_HOST;
+        int sd = ml_tensor_is_cuda(ds) ? ds->storage->device.index : ML_CUDA_HOST;
+        e = ml_cuda_memcpy(stage->storage->data, dd,
+                           (char *)ds->storage->data + ds->offset * (int64_t)ml_dtype_size((ml_dtype)ds->dtype), sd,
+                           nb);
+        if (!e) e = ml_copy_(dst, stage);
+    }
+    ml_tensor_release(ds);
+    ml_tensor_release(stage);
+    return e;
+}
+
+/* Generic copy with dtype conversion and broadcasting of src into dst (on any devices). */
 ml_err ml_copy_(ml_tensor *dst, const ml_tensor *src) {
+    if (!ml_tensor_is_cuda(dst) && !ml_tensor_is_cuda(src)) return copy_host(dst, src);
+    if (!ml_device_eq(dst->storage->device, src->storage->device)) return copy_across(dst, src);
+    int nb;
+    int64_t bs[ML_MAX_DIMS];
+    ml_err e = ml_broadcast_shapes("copy_", dst->ndim, dst->shape, src->ndim, src->shape, &nb, bs);
+    if (e) return e;
+    for (int i = 0; i < nb; i++)
+        if (nb != dst->ndim || bs[i] != dst->shape[i])
+            return ml_seterr(ML_ERR_SHAPE, "copy_: source %s does not broadcast to destination %s",
+                             ml_shape_str(src->ndim, src->shape), ml_shape_str(dst->ndim, dst->shape));
+    ml_cuda_opnd od, os;
+    cuda_opnd(&od, dst, dst->ndim, dst->shape);
+    cuda_opnd(&os, src, dst->ndim, dst->shape);
+    if ((e = ml_cuda_copy(dst->ndim, dst->shape, &od, &os))) return e;
+    dst->storage->version++;
+    return ML_OK;
+}
+
+static ml_err copy_host(ml_tensor *dst, const ml_tensor *src) {
     if (dst->layout || src->layout)
         return ml_seterr(ML_ERR_UNSUPPORTED, "copy_: backend layout tensors must be made plain first");
     int nb;
@@ -573,6 +681,13 @@ void ml_broadcast_strides(const ml_tensor *t, int ndim, const int64_t *shape, in
 ml_err ml_fill_(ml_tensor *t, double v) {
     if (t->layout) return ml_seterr(ML_ERR_UNSUPPORTED, "fill_: backend layout");
     ml_inplace_cut(t); /* the values no longer depend on t's history */
+    if (ml_tensor_is_cuda(t)) {
+        ml_cuda_opnd o;
+        cuda_opnd(&o, t, t->ndim, t->shape);
+        ml_err e = ml_cuda_fill(t->ndim, t->shape, &o, v);
+        if (!e) t->storage->version++;
+        return e;
+    }
     int64_t n = ml_tensor_numel(t);
     char *base = (char *)t->storage->data;
     ml_dtype dt = (ml_dtype)t->dtype;

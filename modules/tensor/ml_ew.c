@@ -8,6 +8,7 @@
 #include "ml_tensor.h"
 #include "ml_iter.h"
 #include "ml_ew_internal.h"
+#include "../cuda/ml_cuda.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -254,12 +255,14 @@ typedef struct {
     ml_dtype dt;
     int64_t off;
     int64_t st[ML_MAX_DIMS];
+    int dev; /* ML_CUDA_HOST for host memory (tensors and scalars), else the CUDA device */
 } ew_opnd;
 
 static void opnd_tensor(ew_opnd *o, const ml_tensor *t, int ndim, const int64_t *shape) {
     o->base = (char *)t->storage->data;
     o->dt = (ml_dtype)t->dtype;
     o->off = t->offset;
+    o->dev = ml_tensor_is_cuda(t) ? t->storage->device.index : ML_CUDA_HOST;
     ml_broadcast_strides(t, ndim, shape, o->st);
 }
 
@@ -267,7 +270,50 @@ static void opnd_scalar(ew_opnd *o, void *p, ml_dtype dt) {
     o->base = (char *)p;
     o->dt = dt;
     o->off = 0;
+    o->dev = ML_CUDA_HOST;
     memset(o->st, 0, sizeof o->st);
+}
+
+/* Elementwise operands share one device, except that a 0-d host tensor (a scalar, as backward rules
+ * make them) goes with tensors on any device, as in PyTorch. *dev: the device of the result. */
+static ml_err ew_devices(const char *op, int n, ml_tensor *const *ts, ml_device *dev) {
+    ml_tensor *dense[4];
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (ts[i] && (ts[i]->ndim > 0 || ml_tensor_is_cuda(ts[i]))) dense[k++] = ts[i];
+    *dev = k ? ml_tensor_device(dense[0]) : ml_cpu();
+    return ml_check_same_device(op, k, dense);
+}
+
+/* the device of a kernel's operands: the output's */
+static bool ops_on_cuda(int nops, const ew_opnd *ops) {
+    (void)nops;
+    return ops[0].dev != ML_CUDA_HOST;
+}
+
+/* ops[] -> the CUDA kernels' operands; a host operand with all-zero strides is passed as a scalar */
+static void ops_to_cuda(int nops, const ew_opnd *ops, ml_cuda_opnd *co) {
+    for (int k = 0; k < nops; k++) {
+        memset(&co[k], 0, sizeof co[k]);
+        co[k].base = ops[k].base;
+        co[k].dtype = ops[k].dt;
+        co[k].off = ops[k].off;
+        memcpy(co[k].st, ops[k].st, sizeof co[k].st);
+        if (ops[k].dev == ML_CUDA_HOST && k > 0) {
+            co[k].is_scalar = true;
+            co[k].scalar = ml_load_elem(ops[k].base, ops[k].dt, ops[k].off);
+            co[k].base = NULL;
+        }
+    }
+}
+
+/* integer kernels run on the CPU only so far */
+static ml_err int_ops_on_host(const char *op, int nops, const ew_opnd *ops) {
+    for (int k = 0; k < nops; k++)
+        if (ops[k].dev != ML_CUDA_HOST)
+            return ml_seterr(ML_ERR_DEVICE, "%s: integer and bool elementwise ops are not implemented on cuda:%d yet; "
+                                            "move the tensor with :cpu()", op, ops[k].dev);
+    return ML_OK;
 }
 
 static int64_t shape_numel(int ndim, const int64_t *shape) {
@@ -276,9 +322,15 @@ static int64_t shape_numel(int ndim, const int64_t *shape) {
     return n;
 }
 
-/* Run a float iop over shape; ops[0] is the output; all operands have dtype kd (output: kd or bool). */
-static void float_exec(int iop, ml_dtype kd, int ndim, const int64_t *shape, int nops, const ew_opnd *ops,
-                       const double *params) {
+/* Run a float iop over shape; ops[0] is the output; all operands have dtype kd (output: kd or bool).
+ * On a CUDA output the same iop runs as ml_cuda_ew (the same expression table, compiled for the device). */
+static ml_err float_exec(int iop, ml_dtype kd, int ndim, const int64_t *shape, int nops, const ew_opnd *ops,
+                         const double *params) {
+    if (ops_on_cuda(nops, ops)) {
+        ml_cuda_opnd co[ML_ITER_MAX_OPS];
+        ops_to_cuda(nops, ops, co);
+        return ml_cuda_ew(iop, kd, ndim, shape, nops, co, params);
+    }
     const int64_t *ss[ML_ITER_MAX_OPS];
     int64_t oo[ML_ITER_MAX_OPS];
     char *bs[ML_ITER_MAX_OPS] = {0};
@@ -286,10 +338,11 @@ static void float_exec(int iop, ml_dtype kd, int ndim, const int64_t *shape, int
     ml_iter it;
     ml_iter_init(&it, nops, ndim, shape, ss, oo);
     int64_t n = shape_numel(ndim, shape);
-    if (n == 0) return;
+    if (n == 0) return ML_OK;
     double pr[2] = {0, 0};
     if (params) { pr[0] = params[0]; pr[1] = params[1]; }
     ew_drive(kd == ML_F64 ? ew_tab_f64[iop] : ew_tab_f32[iop], &it, n, bs, pr);
+    return ML_OK;
 }
 
 /* ------------------------------------------------------------ integer path */
@@ -499,15 +552,17 @@ ml_err ml_ew_map(ml_tensor **out, const char *opname, int iop, int nin, ml_tenso
             return e;
         }
     }
+    ml_device dev;
+    if ((e = ew_devices(opname, nin, ins, &dev))) return e;
     ml_tensor *cv[3] = {0}, *res = NULL;
     for (int i = 0; i < nin; i++)
         if ((e = cast_nograd(&cv[i], ins[i], kd))) goto done;
-    if ((e = ml_tensor_empty(&res, iop_boolout[iop] ? ML_BOOL : kd, nd, shape))) goto done;
+    if ((e = ml_tensor_empty_on(&res, dev, iop_boolout[iop] ? ML_BOOL : kd, nd, shape))) goto done;
     {
         ew_opnd ops[4];
         opnd_tensor(&ops[0], res, nd, shape);
         for (int i = 0; i < nin; i++) opnd_tensor(&ops[i + 1], cv[i], nd, shape);
-        float_exec(iop, kd, nd, shape, nin + 1, ops, params);
+        if ((e = float_exec(iop, kd, nd, shape, nin + 1, ops, params))) goto done;
     }
     *out = res;
     res = NULL;
@@ -572,10 +627,10 @@ static ml_err binary_exec(ml_tensor *dst, ml_binop op, ml_dtype cd, ml_tensor *a
                   : s == -0.5 ? IOP_RSQRT : -1;
             if (u >= 0) { iop = u; nops = 2; }
         }
-        float_exec(iop, kd, nd, shape, nops, ops, pr);
+        e = float_exec(iop, kd, nd, shape, nops, ops, pr);
         ml_tensor_release(ac);
         ml_tensor_release(bc);
-        return ML_OK;
+        return e;
     }
     /* integer / bool */
     int64_t si = is_int_scalar(s) ? (int64_t)s : 0;
@@ -584,6 +639,7 @@ static ml_err binary_exec(ml_tensor *dst, ml_binop op, ml_dtype cd, ml_tensor *a
     opnd_tensor(ta, a, nd, shape);
     if (b) opnd_tensor(tb, b, nd, shape);
     else opnd_scalar(tb, &si, ML_I64);
+    if ((e = int_ops_on_host(name, 3, ops))) return e;
     int err = int_exec_binary(op, nd, shape, &ops[0], &ops[1], &ops[2]);
     if (err == 1) return ml_seterr(ML_ERR_ARG, "%s: integer division by zero", name);
     if (err == 2) return ml_seterr(ML_ERR_ARG, "%s: integers to negative integer powers are not allowed", name);
@@ -619,6 +675,8 @@ static ml_err binary_compute(ml_tensor **out, ml_binop op, ml_tensor *a, ml_tens
     ml_err e;
     if (op == ML_ADD && blocked_add(a, b)) return blocked_add_compute(out, a, b);
     if ((e = ml_tensor_plain(a)) || (b && (e = ml_tensor_plain(b)))) return e;
+    ml_device dev;
+    if ((e = ew_devices(name, 2, (ml_tensor *[]){a, b}, &dev))) return e;
     ml_dtype cd, od;
     binop_types(op, (ml_dtype)a->dtype, b ? b->dtype : -1, s, &cd, &od);
     int nd = a->ndim;
@@ -628,7 +686,7 @@ static ml_err binary_compute(ml_tensor **out, ml_binop op, ml_tensor *a, ml_tens
     ml_dtype kout = od;
     if (ml_dtype_is_float(cd) && !binop_boolout(op)) kout = kernel_float(cd);
     ml_tensor *res;
-    if ((e = ml_tensor_empty(&res, kout, nd, shape))) return e;
+    if ((e = ml_tensor_empty_on(&res, dev, kout, nd, shape))) return e;
     if ((e = binary_exec(res, op, cd, a, b, s, reverse))) { ml_tensor_release(res); return e; }
     if (kout != od) {
         ml_tensor *c;
@@ -770,6 +828,7 @@ static ml_err binary_inplace(ml_binop op, ml_tensor *a, ml_tensor *b, double s) 
     ml_err e;
     if ((e = ml_check_inplace(name, a))) return e;
     if ((e = ml_tensor_plain(a)) || (b && (e = ml_tensor_plain(b)))) return e;
+    if ((e = ml_check_same_device(name, 2, (ml_tensor *[]){a, b}))) return e;
     if ((e = check_writable(name, a))) return e;
     ml_dtype cd, od, ad = (ml_dtype)a->dtype;
     binop_types(op, ad, b ? b->dtype : -1, s, &cd, &od);
@@ -896,12 +955,13 @@ static ml_err float_unary_compute(ml_tensor **out, int iop, ml_tensor *a, ml_dty
     ml_err e;
     if ((e = cast_nograd(&ac, a, kd))) return e;
     ml_dtype kout = iop_boolout[iop] ? ML_BOOL : kd;
-    if ((e = ml_tensor_empty(&res, kout, a->ndim, a->shape))) { ml_tensor_release(ac); return e; }
+    if ((e = ml_tensor_empty_on(&res, ml_tensor_device(a), kout, a->ndim, a->shape))) { ml_tensor_release(ac); return e; }
     ew_opnd ops[2];
     opnd_tensor(&ops[0], res, a->ndim, a->shape);
     opnd_tensor(&ops[1], ac, a->ndim, a->shape);
-    float_exec(iop, kd, a->ndim, a->shape, 2, ops, pr);
+    e = float_exec(iop, kd, a->ndim, a->shape, 2, ops, pr);
     ml_tensor_release(ac);
+    if (e) { ml_tensor_release(res); return e; }
     if (kout != od) {
         ml_tensor *c;
         e = cast_nograd(&c, res, od);
@@ -914,12 +974,13 @@ static ml_err float_unary_compute(ml_tensor **out, int iop, ml_tensor *a, ml_dty
 }
 
 /* float unary directly into a (a is f32/f64) */
-static void float_unary_inplace(ml_tensor *a, int iop, const double *pr) {
+static ml_err float_unary_inplace(ml_tensor *a, int iop, const double *pr) {
     ew_opnd ops[2];
     opnd_tensor(&ops[0], a, a->ndim, a->shape);
     opnd_tensor(&ops[1], a, a->ndim, a->shape);
-    float_exec(iop, (ml_dtype)a->dtype, a->ndim, a->shape, 2, ops, pr);
+    ml_err e = float_exec(iop, (ml_dtype)a->dtype, a->ndim, a->shape, 2, ops, pr);
     a->storage->version++;
+    return e;
 }
 
 static ml_err unary_compute(ml_tensor **out, ml_unop op, ml_tensor *a) {
@@ -932,6 +993,7 @@ static ml_err unary_compute(ml_tensor **out, ml_unop op, ml_tensor *a) {
             return ml_seterr(ML_ERR_DTYPE, "neg: negation of a bool tensor (shape %s) is not supported; use logical_not",
                              ml_shape_str(a->ndim, a->shape));
         ml_tensor *res;
+        if ((e = ml_check_cpu(unop_names[op], a))) return e;
         if ((e = ml_tensor_empty(&res, unop_boolout(op) ? ML_BOOL : ad, a->ndim, a->shape))) return e;
         ew_opnd ops[2];
         opnd_tensor(&ops[0], res, a->ndim, a->shape);
@@ -972,8 +1034,7 @@ ml_err ml_unary_(ml_unop op, ml_tensor *a) {
     ml_dtype ad = (ml_dtype)a->dtype;
     if (ml_inplace_tracked(a, NULL) && !unop_boolout(op)) return ml_inplace_apply(name, a, unary_recorded, &op);
     if ((ad == ML_F32 || ad == ML_F64) && !unop_boolout(op)) {
-        float_unary_inplace(a, unop_iop[op], NULL);
-        return ML_OK;
+        return float_unary_inplace(a, unop_iop[op], NULL);
     }
     if (!ml_dtype_is_float(ad) && !unop_int_ok(op))
         return ml_seterr(ML_ERR_DTYPE, "%s: result type float32 can't be cast to the in-place target's dtype %s", name,
@@ -1001,6 +1062,7 @@ static ml_err clamp_compute(ml_tensor **out, ml_tensor *a, double lo, double hi)
     double pr[2] = {lo, hi};
     if (!ml_dtype_is_float(ad) && clamp_int_ok(lo, hi)) {
         ml_tensor *res;
+        if ((e = ml_check_cpu("clamp", a))) return e;
         if ((e = ml_tensor_empty(&res, ad, a->ndim, a->shape))) return e;
         ew_opnd ops[2];
         opnd_tensor(&ops[0], res, a->ndim, a->shape);
@@ -1043,8 +1105,7 @@ ml_err ml_clamp_(ml_tensor *a, double lo, double hi) {
     }
     if (ad == ML_F32 || ad == ML_F64) {
         double pr[2] = {lo, hi};
-        float_unary_inplace(a, IOP_CLAMP, pr);
-        return ML_OK;
+        return float_unary_inplace(a, IOP_CLAMP, pr);
     }
     if (!ml_dtype_is_float(ad) && !clamp_int_ok(lo, hi))
         return ml_seterr(ML_ERR_DTYPE, "clamp_: bounds %g, %g are not integers and the target is %s", lo, hi,
@@ -1102,7 +1163,7 @@ static ml_err prelu_weight_view(ml_tensor **wv, ml_tensor *a, ml_tensor *w) {
  * weight gradient's sum together, instead of a full-size temporary for the weight term and a
  * reduction over it (8 memory passes -> 3). Sums in double per thread chunk. */
 static bool prelu_bw_fused(ml_node *n, ml_tensor *g, ml_tensor *a, ml_tensor *w, ml_tensor **gin, ml_err *err) {
-    if (a->dtype != ML_F32 || g->dtype != ML_F32 || w->dtype != ML_F32 || ml_tensor_numel(w) != 1 ||
+    if (ml_tensor_is_cuda(a) || a->dtype != ML_F32 || g->dtype != ML_F32 || w->dtype != ML_F32 || ml_tensor_numel(w) != 1 ||
         !ml_tensor_is_contiguous(a) || !ml_tensor_is_contiguous(g) || !ml_tensor_is_contiguous(w) ||
         g->ndim != a->ndim || !n->needs[0] || !n->needs[1])
         return false;
@@ -1240,6 +1301,7 @@ ml_err ml_where(ml_tensor **out, ml_tensor *cond, ml_tensor *a, ml_tensor *b) {
     *out = NULL;
     ml_err e;
     if ((e = ml_tensor_plain(cond)) || (e = ml_tensor_plain(a)) || (e = ml_tensor_plain(b))) return e;
+    if ((e = ml_check_cpu("where", cond)) || (e = ml_check_cpu("where", a)) || (e = ml_check_cpu("where", b))) return e;
     int nd;
     int64_t shape[ML_MAX_DIMS];
     if ((e = ml_broadcast_shapes("where", cond->ndim, cond->shape, a->ndim, a->shape, &nd, shape))) return e;
@@ -1333,10 +1395,10 @@ static ml_err fused_inplace(const char *name, int iop, ml_tensor *a, ml_tensor *
         opnd_tensor(&ops[0], a, nd, shape);
         opnd_tensor(&ops[1], a, nd, shape);
         opnd_tensor(&ops[2], bc, nd, shape);
-        float_exec(iop, ad, nd, shape, 3, ops, pr);
+        e = float_exec(iop, ad, nd, shape, 3, ops, pr);
         ml_tensor_release(bc);
         a->storage->version++;
-        return ML_OK;
+        return e;
     }
     ml_tensor *r;
     bool prev = ml_set_grad_enabled(false);

@@ -9,6 +9,7 @@
  * few outputs - across the reduced range with per-thread partials combined in a fixed order.
  * Float inputs accumulate in double; integer inputs in int64 (sum/prod of ints give int64). */
 #include "ml_tensor.h"
+#include "../cuda/ml_cuda.h"
 #include "ml_iter.h"
 #include "ml_ew_internal.h"
 
@@ -504,6 +505,44 @@ static ml_err record_saving(const char *name, ml_backward_fn fn, ml_tensor *a, m
     return ML_OK;
 }
 
+/* sum/mean/amax/amin/prod of a float CUDA tensor: ml_cuda_reduce into the keepdim shape, viewed as the
+ * output shape; the mean divides the sum by count on the device */
+static ml_err cuda_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, const bool *red, ml_dtype kd, int ond,
+                          const int64_t *oshape, int64_t count) {
+    *out = NULL;
+    ml_tensor *ac = NULL, *keep = NULL;
+    ml_err e;
+    bool prev = ml_set_grad_enabled(false);
+    if ((e = ml_to_dtype(&ac, a, kd))) goto done;
+    int64_t ks[ML_MAX_DIMS];
+    keep_shape(a->ndim, a->shape, red, ks);
+    if ((e = ml_tensor_empty_on(&keep, ml_tensor_device(a), kd, a->ndim, ks))) goto done;
+    {
+        ml_cuda_opnd o = {0}, in = {0};
+        o.base = keep->storage->data;
+        o.dtype = kd;
+        memcpy(o.st, keep->stride, sizeof o.st);
+        in.base = ac->storage->data;
+        in.dtype = kd;
+        in.off = ac->offset;
+        memcpy(in.st, ac->stride, sizeof in.st);
+        int kind = op == ML_RAMAX ? 1 : op == ML_RAMIN ? 2 : op == ML_RPROD ? 3 : 0;
+        if ((e = ml_cuda_reduce(kind, kd, a->ndim, a->shape, red, &o, &in, NULL))) goto done;
+    }
+    if (op == ML_RMEAN) {
+        ml_tensor *m;
+        if ((e = ml_binary_scalar(&m, ML_DIV, keep, count ? (double)count : NAN, false))) goto done;
+        ml_tensor_release(keep);
+        keep = m;
+    }
+    e = ml_reshape(out, keep, ond, oshape);
+done:
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(ac);
+    ml_tensor_release(keep);
+    return e;
+}
+
 ml_err ml_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, int ndims, const int *dims, bool keepdim) {
     *out = NULL;
     if ((unsigned)op >= ML_NREDOPS) return ml_seterr(ML_ERR_ARG, "reduce: unknown op %d", (int)op);
@@ -530,6 +569,11 @@ ml_err ml_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, int ndims, const in
     acc_t *acc = NULL, *acc2 = NULL;
     double *shift = NULL;
     int64_t no;
+    if (ml_tensor_is_cuda(a)) {
+        if (!isf || op == ML_RLOGSUMEXP) return ml_check_cpu(name, a);
+        if ((e = cuda_reduce(&res, op, a, red, kd, ond, oshape, count))) return e;
+        goto finish;
+    }
     if ((e = prep_input(&ac, a, kd))) return e;
     int kop = op == ML_RPROD ? K_PROD : op == ML_RAMAX ? K_MAX : op == ML_RAMIN ? K_MIN
             : op == ML_RLOGSUMEXP ? K_MAX : K_SUM;
@@ -554,6 +598,7 @@ ml_err ml_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, int ndims, const in
             for (int64_t i = 0; i < no; i++) acc[i].d = count ? acc[i].d / (double)count : NAN;
         if ((e = out_from_doubles(&res, kd, ond, oshape, (const double *)acc, no))) goto done;
     }
+finish:
     if ((e = cast_to(&res, od))) goto done;
     {
         red_params p = {.op = op, .count = count};
@@ -604,6 +649,7 @@ ml_err ml_var(ml_tensor **out, ml_tensor *a, int ndims, const int *dims, double 
     *out = NULL;
     const char *name = take_sqrt ? "std" : "var";
     ml_err e;
+    if ((e = ml_check_cpu(name, a))) return e;
     if ((e = ml_tensor_plain(a))) return e;
     bool red[ML_MAX_DIMS];
     if ((e = parse_dims(name, a, ndims, dims, red))) return e;
@@ -702,7 +748,7 @@ done:
 ml_err ml_norm(ml_tensor **out, ml_tensor *a, double p, int ndims, const int *dims, bool keepdim) {
     *out = NULL;
     ml_err e;
-    if ((e = ml_tensor_plain(a))) return e;
+    if ((e = ml_tensor_plain(a)) || (e = ml_check_cpu("norm", a))) return e;
     if (isnan(p)) return ml_seterr(ML_ERR_ARG, "norm: p must not be NaN");
     bool red[ML_MAX_DIMS];
     if ((e = parse_dims("norm", a, ndims, dims, red))) return e;
@@ -860,6 +906,7 @@ static ml_err argext(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int 
     if (values) *values = NULL;
     *indices = NULL;
     ml_err e;
+    if ((e = ml_check_cpu(name, a))) return e;
     if ((e = ml_tensor_plain(a))) return e;
     bool flat = dim == ML_ALL_DIMS;
     int d = 0;
@@ -982,7 +1029,7 @@ DEF_CUMSUM(i64, int64_t, uint64_t)
 static ml_err cumsum_impl(ml_tensor **out, ml_tensor *a, int dim, bool rev) {
     *out = NULL;
     ml_err e;
-    if ((e = ml_tensor_plain(a))) return e;
+    if ((e = ml_tensor_plain(a)) || (e = ml_check_cpu("cumsum", a))) return e;
     int d = ml_wrap_dim("cumsum", dim, a->ndim);
     if (d < 0) return ML_ERR_DIM;
     int64_t outer = 1, R = 1, inner = 1;
@@ -1118,6 +1165,8 @@ static int cmp_dbl(const void *a, const void *b) {
 ml_err ml_quantile(ml_tensor **out, ml_tensor *a, int nq, const double *q) {
     *out = NULL;
     if (nq <= 0 || nq > 4096) return ml_seterr(ML_ERR_ARG, "quantile: need 1 to 4096 quantiles, got %d", nq);
+    ml_err ce = ml_check_cpu("quantile", a);
+    if (ce) return ce;
     for (int i = 0; i < nq; i++)
         if (!(q[i] >= 0 && q[i] <= 1)) return ml_seterr(ML_ERR_ARG, "quantile: q = %g outside [0, 1]", q[i]);
     int64_t n = ml_tensor_numel(a);

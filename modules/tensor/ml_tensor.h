@@ -141,6 +141,16 @@ void ml_tensor_release(ml_tensor *t);   /* NULL-safe */
 
 /* New contiguous tensor, uninitialized. */
 ml_err ml_tensor_empty(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape);
+/* uninitialised tensor on a device (CUDA: from the caching allocator) */
+ml_err ml_tensor_empty_on(ml_tensor **out, ml_device dev, ml_dtype dt, int ndim, const int64_t *shape);
+static inline ml_device ml_tensor_device(const ml_tensor *t) { return t->storage->device; }
+static inline bool ml_tensor_is_cuda(const ml_tensor *t) { return t->storage->device.type == ML_CUDA; }
+/* ML_ERR_DEVICE unless the n tensors (NULL entries skipped) are on one device */
+ml_err ml_check_same_device(const char *op, int n, ml_tensor *const *ts);
+/* ML_ERR_DEVICE when t is not a CPU tensor: for the ops that have no device kernel yet */
+ml_err ml_check_cpu(const char *op, const ml_tensor *t);
+/* t on device dev (t itself, retained, when it is there already); recorded by autograd */
+ml_err ml_to_device(ml_tensor **out, ml_tensor *t, ml_device dev);
 ml_err ml_tensor_empty_like(ml_tensor **out, const ml_tensor *t);
 /* Wrap existing data (copies it). */
 ml_err ml_tensor_from_data(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape, const void *data);

@@ -338,7 +338,7 @@ ml_err ml_clone(ml_tensor **out, ml_tensor *t) {
     ml_err e = ml_tensor_plain(t);
     if (e) return e;
     ml_tensor *c;
-    if ((e = ml_tensor_empty(&c, (ml_dtype)t->dtype, t->ndim, t->shape))) return e;
+    if ((e = ml_tensor_empty_like(&c, t))) return e;
     if ((e = ml_copy_(c, t))) { ml_tensor_release(c); return e; }
     c->storage->version = 0;
     if ((e = record_view("clone", bw_identity, t, c, NULL))) { ml_tensor_release(c); return e; }
@@ -366,11 +366,42 @@ ml_err ml_to_dtype(ml_tensor **out, ml_tensor *t, ml_dtype dt) {
     ml_err e = ml_tensor_plain(t);
     if (e) return e;
     ml_tensor *c;
-    if ((e = ml_tensor_empty(&c, dt, t->ndim, t->shape))) return e;
+    if ((e = ml_tensor_empty_on(&c, ml_tensor_device(t), dt, t->ndim, t->shape))) return e;
     if ((e = ml_copy_(c, t))) { ml_tensor_release(c); return e; }
     c->storage->version = 0;
     if (ml_dtype_is_float(dt)) {
         if ((e = record_view("to", bw_cast, t, c, NULL))) { ml_tensor_release(c); return e; }
+    }
+    *out = c;
+    return ML_OK;
+}
+
+static ml_err bw_to_device(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    ml_device d;
+    memcpy(&d, n->params, sizeof d);
+    return ml_to_device(&gin[0], gout[0], d);
+}
+
+ml_err ml_to_device(ml_tensor **out, ml_tensor *t, ml_device dev) {
+    *out = NULL;
+    if (ml_device_eq(ml_tensor_device(t), dev)) {
+        ml_tensor_retain(t);
+        *out = t;
+        return ML_OK;
+    }
+    ml_err e = ml_tensor_plain(t);
+    if (e) return e;
+    ml_tensor *c;
+    if ((e = ml_tensor_empty_on(&c, dev, (ml_dtype)t->dtype, t->ndim, t->shape))) return e;
+    if ((e = ml_copy_(c, t))) { ml_tensor_release(c); return e; }
+    c->storage->version = 0;
+    if (ml_dtype_is_float((ml_dtype)t->dtype)) {
+        ml_node *n;
+        if ((e = ml_record("to_device", bw_to_device, 1, &t, c, &n))) { ml_tensor_release(c); return e; }
+        if (n) {
+            ml_device from = ml_tensor_device(t);
+            memcpy(n->params, &from, sizeof from);
+        }
     }
     *out = c;
     return ML_OK;

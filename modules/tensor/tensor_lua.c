@@ -3,6 +3,7 @@
  * functions (no_grad, mem, threads, manual_seed, ...) and luaopen_medlua.
  * Methods, properties and arithmetic metamethods are in tensor_ops_lua.c. */
 #include "tensor_lua.h"
+#include "../cuda/ml_cuda.h"
 
 #include <limits.h>
 #include <math.h>
@@ -39,6 +40,40 @@ ml_lua_box *ml_lua_tobox(lua_State *L, int idx) {
     return b;
 }
 
+/* ------------------------------------------------------------ the CUDA gate
+ * Operations with a device path (ml_cuda_* kernels behind the core op) accept CUDA tensors; every
+ * other binding refuses them with an error naming the op, before any CPU kernel could touch device
+ * memory. The names are the bindings' op names (sorted for bsearch). A binding's secondary tensor
+ * arguments fetched without a name (ml_lua_totensor) are checked against the op named last. */
+static const char *const cuda_ops[] = {
+    "abs", "abs_", "add", "add_", "amax", "amin", "atan2", "atan2_", "backward", "bfloat16", "bmm", "bool", "byte",
+    "ceil", "ceil_", "clamp", "clamp_", "clip", "clone", "contiguous", "copy_", "cos", "cos_", "cpu", "cuda",
+    "detach", "div", "div_", "double", "elu", "empty_like", "eq", "erf", "erf_", "exp", "exp_", "expand", "expand_as",
+    "expm1", "expm1_", "fill_", "flatten", "float", "floor", "floor_", "fmod", "fmod_", "full_like", "ge", "gelu",
+    "gelu_", "grad", "gt", "half", "int", "isinf", "isnan", "item", "le", "leaky_relu", "log", "log1p", "log1p_",
+    "log_", "logical_and", "logical_not", "logical_or", "logical_xor", "long", "lt", "matmul", "maximum", "maximum_",
+    "mean", "minimum", "minimum_", "mm", "mul", "mul_", "narrow", "ne", "neg", "neg_", "ones_like", "permute", "pow",
+    "pow_", "prod", "rand_like", "randn_like", "reciprocal", "reciprocal_", "relu", "relu_", "requires_grad_",
+    "reshape", "retain_grad", "round", "round_", "rsqrt", "rsqrt_", "select", "sigmoid", "sigmoid_", "sign", "sign_",
+    "silu", "silu_", "sin", "sin_", "slice", "softplus", "softplus_", "sqrt", "sqrt_", "square", "square_", "squeeze",
+    "sub", "sub_", "sum", "t", "tan", "tan_", "tanh", "tanh_", "to", "tostring", "transpose", "trunc", "trunc_",
+    "unsqueeze", "view", "zero_", "zeros_like"};
+static const char *g_gate_op; /* the op named by the last checked argument */
+
+static int cmp_name(const void *k, const void *e) { return strcmp((const char *)k, *(const char *const *)e); }
+
+bool ml_lua_cuda_op(const char *fname) {
+    return fname && bsearch(fname, cuda_ops, sizeof cuda_ops / sizeof *cuda_ops, sizeof *cuda_ops, cmp_name);
+}
+
+static void cuda_gate(lua_State *L, const ml_tensor *t, const char *fname) {
+    if (fname) g_gate_op = fname;
+    if (t && ml_tensor_is_cuda(t) && !ml_lua_cuda_op(g_gate_op))
+        luaL_error(L, "%s: not implemented for %s tensors yet (shape %s); move the tensor with :cpu()",
+                   g_gate_op ? g_gate_op : "this op", ml_device_str(t->storage->device),
+                   ml_shape_str(t->ndim, t->shape));
+}
+
 ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) {
     ml_lua_box *b = ml_lua_tobox_raw(L, idx);
     if (!b) {
@@ -46,11 +81,13 @@ ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) 
         return NULL;
     }
     if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
+    cuda_gate(L, b->t, fname);
     return b->t;
 }
 
 ml_tensor *ml_lua_totensor(lua_State *L, int idx) {
     ml_lua_box *b = ml_lua_tobox(L, idx);
+    if (b && b->t) cuda_gate(L, b->t, NULL);
     return b ? b->t : NULL;
 }
 
@@ -61,6 +98,7 @@ ml_tensor *ml_lua_check_tensor_fn(lua_State *L, int idx, const char *fname) {
         return NULL;
     }
     if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
+    cuda_gate(L, b->t, fname);
     return b->t;
 }
 
@@ -238,6 +276,7 @@ ml_tensor *ml_lua_opt_tensorfield(lua_State *L, int idx, const char *key, const 
         ml_lua_box *b = ml_lua_tobox(L, -1);
         if (!b) luaL_error(L, "%s: option '%s' must be a tensor, got %s", fname, key, lua_typename(L, t));
         if (!b->t) luaL_error(L, "%s: option '%s': tensor is closed", fname, key);
+        cuda_gate(L, b->t, fname);
         v = b->t;
     }
     lua_pop(L, 1);
@@ -629,6 +668,22 @@ static void fmt_tensor(luaL_Buffer *b, const fmt_state *f, const ml_tensor *t, i
 
 /* Pushes the PyTorch-style repr of t. */
 void ml_lua_push_repr(lua_State *L, ml_tensor *t) {
+    if (ml_tensor_is_cuda(t)) { /* the values of a host copy, then the device as PyTorch shows it */
+        ml_tensor **h = ml_lua_newbox(L);
+        bool prev = ml_set_grad_enabled(false);
+        ml_err e = ml_to_device(h, t, ml_cpu());
+        ml_set_grad_enabled(prev);
+        if (e) ml_lua_error_fn(L, "tostring", e);
+        ml_lua_push_repr(L, *h);
+        size_t n;
+        const char *r = lua_tolstring(L, -1, &n);
+        lua_pushlstring(L, r, n - 1); /* without the closing parenthesis */
+        lua_pushfstring(L, "%s, device='%s'%s)", lua_tostring(L, -1), ml_device_str(t->storage->device),
+                        t->requires_grad ? ", requires_grad=True" : "");
+        lua_replace(L, -4);
+        lua_pop(L, 2);
+        return;
+    }
     ml_err e = ml_tensor_plain(t);
     if (e) ml_lua_error_fn(L, "tostring", e);
     const char *prefix = "tensor(";
@@ -736,7 +791,31 @@ static int t_gc(lua_State *L) {
 typedef struct {
     ml_dtype dtype;
     bool requires_grad;
+    bool device_given;
+    ml_device device;
 } create_opts;
+
+ml_device ml_lua_check_device(lua_State *L, const char *s, const char *fname) {
+    ml_device d = ml_cpu();
+    if (strcmp(s, "cpu") == 0) return d;
+    char *end = NULL;
+    long idx = 0;
+    if (strcmp(s, "cuda") == 0) idx = 0;
+    else if (strncmp(s, "cuda:", 5) == 0 && s[5] >= '0' && s[5] <= '9') {
+        idx = strtol(s + 5, &end, 10);
+        if (*end || idx > 127) luaL_error(L, "%s: bad device '%s' (expected \"cpu\", \"cuda\" or \"cuda:N\")", fname, s);
+    } else {
+        luaL_error(L, "%s: bad device '%s' (expected \"cpu\", \"cuda\" or \"cuda:N\")", fname, s);
+    }
+    if (!ml_cuda_available())
+        luaL_error(L, "%s: device '%s' is not available: %s", fname, s, ml_cuda_status());
+    if (idx >= ml_cuda_device_count())
+        luaL_error(L, "%s: device '%s' does not exist (%d CUDA device%s)", fname, s, ml_cuda_device_count(),
+                   ml_cuda_device_count() == 1 ? "" : "s");
+    d.type = ML_CUDA;
+    d.index = (int8_t)idx;
+    return d;
+}
 
 static const char *const create_keys[] = {"dtype", "requires_grad", "device", NULL};
 
@@ -744,14 +823,18 @@ static void parse_create_opts(lua_State *L, int idx, const char *fname, ml_dtype
     ml_lua_check_opts(L, idx, fname, create_keys);
     o->dtype = def;
     o->requires_grad = false;
+    o->device_given = false;
+    o->device = ml_cpu();
     if (lua_istable(L, idx)) {
         lua_getfield(L, idx, "dtype");
         o->dtype = ml_lua_check_dtype(L, -1, def, fname);
         lua_pop(L, 1);
         o->requires_grad = ml_lua_opt_bool(L, idx, "requires_grad", false, fname);
+        lua_getfield(L, idx, "device");
+        o->device_given = !lua_isnil(L, -1);
+        lua_pop(L, 1);
         const char *dev = ml_lua_opt_str(L, idx, "device", "cpu", fname);
-        if (strcmp(dev, "cpu") != 0)
-            luaL_error(L, "%s: device '%s' is not available in this build (only \"cpu\")", fname, dev);
+        o->device = ml_lua_check_device(L, dev, fname);
     }
     if (o->requires_grad && !ml_dtype_is_float(o->dtype))
         luaL_error(L, "%s: only floating point tensors can require gradients, got dtype %s", fname,
@@ -760,6 +843,15 @@ static void parse_create_opts(lua_State *L, int idx, const char *fname, ml_dtype
 
 static int finish_create(lua_State *L, const char *fname, ml_err e, ml_tensor **slot, const create_opts *o) {
     if (e) return ml_lua_error_fn(L, fname, e);
+    if (o->device.type != ML_CPU) { /* made on the host (the same numbers as there), then moved */
+        ml_tensor *d;
+        bool prev = ml_set_grad_enabled(false);
+        e = ml_to_device(&d, *slot, o->device);
+        ml_set_grad_enabled(prev);
+        if (e) return ml_lua_error_fn(L, fname, e);
+        ml_tensor_release(*slot);
+        *slot = d;
+    }
     if (o->requires_grad) {
         e = ml_set_requires_grad(*slot, true);
         if (e) return ml_lua_error_fn(L, fname, e);
@@ -912,6 +1004,7 @@ static int create_like(lua_State *L, like_kind k, const char *fname) {
     if (k == LK_FULL) { v = check_fill_value(L, 2, fname); oi = 3; }
     create_opts o;
     parse_create_opts(L, oi, fname, (ml_dtype)t->dtype, &o);
+    if (!o.device_given) o.device = ml_tensor_device(t);
     ml_lua_check_nargs(L, oi, fname);
     if ((k == LK_RAND || k == LK_RANDN) && !ml_dtype_is_float(o.dtype))
         return luaL_error(L, "%s: dtype %s is not floating point", fname, ml_dtype_name(o.dtype));
@@ -998,6 +1091,7 @@ ml_tensor **ml_lua_tensor_list(lua_State *L, int idx, const char *fname, int *n_
         ml_lua_box *b = ml_lua_tobox_raw(L, -1); /* cat/stack take any layout */
         if (!b) luaL_error(L, "%s: element %d of the list: expected a tensor, got %s", fname, (int)i + 1, luaL_typename(L, -1));
         if (!b->t) luaL_error(L, "%s: element %d of the list: tensor is closed", fname, (int)i + 1);
+        cuda_gate(L, b->t, fname);
         ts[i] = b->t;
         lua_pop(L, 1);
     }
@@ -1026,6 +1120,7 @@ ml_tensor *ml_lua_tensor_or_scalar(lua_State *L, int idx, ml_dtype dt, const cha
     ml_lua_box *b = ml_lua_tobox(L, idx);
     if (b) {
         if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
+        cuda_gate(L, b->t, fname);
         return b->t;
     }
     int tp = lua_type(L, idx);
@@ -1153,6 +1248,10 @@ static int l_mem(lua_State *L) {
         lua_setfield(L, -2, "cuda");
         lua_pushinteger(L, (lua_Integer)ml_mem_peak(ML_CUDA));
         lua_setfield(L, -2, "cuda_peak");
+        ml_cuda_mem m;
+        ml_cuda_mem_stats(0, &m);
+        lua_pushinteger(L, (lua_Integer)m.cached);
+        lua_setfield(L, -2, "cuda_cached");
     }
     return 1;
 }
@@ -1295,6 +1394,8 @@ int luaopen_medlua(lua_State *L) {
     lua_setfield(L, mod, "version");
     lua_pushvalue(L, methods);
     lua_setfield(L, mod, "Tensor");
+    ml_lua_open_cuda(L);
+    lua_setfield(L, mod, "cuda");
 
     ml_lua_open_nn(L); /* pushes F */
     lua_pushvalue(L, -1);

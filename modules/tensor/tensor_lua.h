@@ -44,6 +44,12 @@ ml_lua_box *ml_lua_tobox_raw(lua_State *L, int idx);
 ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname);
 /* The tensor at idx if it is an open tensor, else NULL. Never raises. */
 ml_tensor *ml_lua_totensor(lua_State *L, int idx);
+/* "cpu", "cuda", "cuda:N" -> a device; a Lua error naming fname when unknown or not available */
+ml_device ml_lua_check_device(lua_State *L, const char *s, const char *fname);
+/* true when the binding named fname has a CUDA path (the gate every tensor argument passes) */
+bool ml_lua_cuda_op(const char *fname);
+/* pushes the medlua.cuda table (modules/cuda/cuda_lua.c) */
+void ml_lua_open_cuda(lua_State *L);
 
 /* Push a tensor (steals the reference) and account its memory to the GC. t may be NULL: pushes nil. */
 void ml_lua_push_tensor(lua_State *L, ml_tensor *t);

@@ -687,17 +687,30 @@ static int cast_to(lua_State *L, ml_tensor *t, ml_dtype dt, const char *fname) {
     return done(L, fname, ml_to_dtype(slot, t, dt));
 }
 
+/* t on device dev and dtype dt (each step recorded by autograd; t itself when nothing changes) */
+static int to_device_dtype(lua_State *L, ml_tensor *t, ml_device dev, ml_dtype dt, const char *fname) {
+    ml_tensor **slot = ml_lua_newbox(L);
+    ml_tensor *d;
+    ml_err e = ml_to_device(&d, t, dev);
+    if (e) return ml_lua_error_fn(L, fname, e);
+    e = ml_to_dtype(slot, d, dt);
+    ml_tensor_release(d);
+    return done(L, fname, e);
+}
+
 static int m_to(lua_State *L) {
     const char *fname = "to";
     ml_lua_check_nargs(L, 2, fname);
     ml_tensor *t = self_t(L, fname);
     ml_dtype dt = (ml_dtype)t->dtype;
+    ml_device dev = ml_tensor_device(t);
     ml_tensor *o = ml_lua_totensor(L, 2);
-    if (o) dt = (ml_dtype)o->dtype;
-    else if (lua_type(L, 2) == LUA_TSTRING) {
+    if (o) {
+        dt = (ml_dtype)o->dtype;
+        dev = ml_tensor_device(o);
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
         const char *s = lua_tostring(L, 2);
-        if (strcmp(s, "cpu") == 0) dt = (ml_dtype)t->dtype;
-        else if (strncmp(s, "cuda", 4) == 0) return luaL_error(L, "%s: device '%s' is not available in this build (only \"cpu\")", fname, s);
+        if (strcmp(s, "cpu") == 0 || strncmp(s, "cuda", 4) == 0) dev = ml_lua_check_device(L, s, fname);
         else dt = ml_lua_check_dtype(L, 2, dt, fname);
     } else if (lua_istable(L, 2)) {
         static const char *const keys[] = {"dtype", "device", NULL};
@@ -705,16 +718,37 @@ static int m_to(lua_State *L) {
         lua_getfield(L, 2, "dtype");
         dt = ml_lua_check_dtype(L, -1, dt, fname);
         lua_pop(L, 1);
-        const char *dev = ml_lua_opt_str(L, 2, "device", "cpu", fname);
-        if (strcmp(dev, "cpu") != 0)
-            return luaL_error(L, "%s: device '%s' is not available in this build (only \"cpu\")", fname, dev);
+        lua_getfield(L, 2, "device");
+        if (!lua_isnil(L, -1)) dev = ml_lua_check_device(L, ml_lua_opt_str(L, 2, "device", "cpu", fname), fname);
+        lua_pop(L, 1);
     } else if (ml_lua_tobox(L, 2)) {
         return luaL_error(L, "%s: argument #2: tensor is closed", fname);
     } else {
         return luaL_error(L, "%s: expected a dtype name, a device, a tensor or {dtype=, device=}, got %s", fname,
                           luaL_typename(L, 2));
     }
-    return cast_to(L, t, dt, fname);
+    return to_device_dtype(L, t, dev, dt, fname);
+}
+
+/* t:cuda() / t:cuda(n) / t:cuda("cuda:1"), t:cpu() */
+static int m_cuda(lua_State *L) {
+    const char *fname = "cuda";
+    ml_lua_check_nargs(L, 2, fname);
+    ml_tensor *t = self_t(L, fname);
+    char name[32] = "cuda";
+    if (lua_type(L, 2) == LUA_TNUMBER) snprintf(name, sizeof name, "cuda:%d", (int)lua_tointeger(L, 2));
+    else if (lua_type(L, 2) == LUA_TSTRING) snprintf(name, sizeof name, "%s", lua_tostring(L, 2));
+    else if (!lua_isnoneornil(L, 2))
+        return luaL_error(L, "%s: expected a device index or name, got %s", fname, luaL_typename(L, 2));
+    ml_device dev = ml_lua_check_device(L, name, fname);
+    if (dev.type != ML_CUDA) return luaL_error(L, "%s: '%s' is not a CUDA device", fname, name);
+    return to_device_dtype(L, t, dev, (ml_dtype)t->dtype, fname);
+}
+
+static int m_cpu(lua_State *L) {
+    ml_lua_check_nargs(L, 1, "cpu");
+    ml_tensor *t = self_t(L, "cpu");
+    return to_device_dtype(L, t, ml_cpu(), (ml_dtype)t->dtype, "cpu");
 }
 
 static int m_cast(lua_State *L) {
@@ -733,6 +767,14 @@ static int m_item(lua_State *L) {
         return luaL_error(L, "item: a tensor with %I elements (shape %s) cannot be converted to a number", (lua_Integer)n,
                           ml_shape_str(t->ndim, t->shape));
     check_plain(L, t, "item");
+    if (ml_tensor_is_cuda(t)) { /* the one element through a host copy */
+        ml_tensor **h = ml_lua_newbox(L);
+        bool prev = ml_set_grad_enabled(false);
+        ml_err e = ml_to_device(h, t, ml_cpu());
+        ml_set_grad_enabled(prev);
+        if (e) return ml_lua_error_fn(L, "item", e);
+        t = *h;
+    }
     ml_lua_push_elem(L, t, t->offset);
     return 1;
 }
@@ -1248,6 +1290,8 @@ static const luaL_Reg methods[] = {
     {"contiguous", m_contiguous},
     {"clone", m_clone},
     {"to", m_to},
+    {"cuda", m_cuda},
+    {"cpu", m_cpu},
     {"item", m_item},
     {"tolist", m_tolist},
     {"get", m_get},

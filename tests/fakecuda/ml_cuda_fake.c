@@ -1,0 +1,247 @@
+/* A host-emulated CUDA device for the tests (linked into build/medlua-fakecuda instead of the real
+ * backend): the ml_cuda.h interface implemented on the CPU, so that everything above the kernels
+ * (device dispatch in the core, the binding gate, transfers, autograd on a device, the GPU test
+ * suite itself) runs in CI, which has no GPU.
+ *
+ * "Device" pointers are host pointers moved by FAKE_BIAS into addresses no process can map: a CPU
+ * kernel that reads device memory by mistake (an op that lacks its device path and its gate)
+ * crashes the test instead of passing silently. Only the functions here subtract the bias.
+ * The kernels are plain loops over the same expression table (ml_ew_internal.h) as the CPU. */
+#include "../../modules/cuda/ml_cuda.h"
+#include "../../modules/tensor/ml_ew_internal.h"
+#include "../../modules/tensor/ml_iter.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FAKE_BIAS ((uintptr_t)1 << 46)
+#define FAKE_DEVICES 2
+
+static size_t g_live[FAKE_DEVICES], g_peak[FAKE_DEVICES];
+static uint64_t g_allocs[FAKE_DEVICES];
+static bool g_tf32;
+
+static void *host(const void *dev_ptr) { return dev_ptr ? (void *)((uintptr_t)dev_ptr - FAKE_BIAS) : NULL; }
+
+bool ml_cuda_compiled(void) { return true; }
+bool ml_cuda_available(void) { return true; }
+const char *ml_cuda_status(void) { return "ok (host-emulated test device)"; }
+int ml_cuda_device_count(void) { return FAKE_DEVICES; }
+const char *ml_cuda_device_name(int dev) { return dev >= 0 && dev < FAKE_DEVICES ? "fake CUDA device (host memory)" : ""; }
+
+ml_err ml_cuda_device_memory(int dev, size_t *free_bytes, size_t *total_bytes) {
+    if (dev < 0 || dev >= FAKE_DEVICES) return ml_seterr(ML_ERR_DEVICE, "cuda:%d: no such device", dev);
+    *total_bytes = (size_t)1 << 32;
+    *free_bytes = *total_bytes - g_live[dev];
+    return ML_OK;
+}
+
+ml_err ml_cuda_synchronize(int dev) { (void)dev; return ML_OK; }
+
+/* header before each block: its size (for the live-byte count) */
+void *ml_cuda_malloc(size_t nbytes, int dev) {
+    if (dev < 0 || dev >= FAKE_DEVICES) {
+        ml_seterr(ML_ERR_DEVICE, "cuda:%d: no such device", dev);
+        return NULL;
+    }
+    size_t *p = malloc(nbytes + 64);
+    if (!p) {
+        ml_seterr(ML_ERR_OOM, "cuda:%d: out of memory allocating %zu bytes", dev, nbytes);
+        return NULL;
+    }
+    p[0] = nbytes;
+    g_live[dev] += nbytes;
+    if (g_live[dev] > g_peak[dev]) g_peak[dev] = g_live[dev];
+    g_allocs[dev]++;
+    return (void *)((uintptr_t)((char *)p + 64) + FAKE_BIAS);
+}
+
+void ml_cuda_free(void *p, int dev) {
+    if (!p) return;
+    size_t *h = (size_t *)((char *)host(p) - 64);
+    if (dev >= 0 && dev < FAKE_DEVICES) g_live[dev] -= h[0];
+    free(h);
+}
+
+void ml_cuda_empty_cache(int dev) { (void)dev; }
+
+void ml_cuda_mem_stats(int dev, ml_cuda_mem *out) {
+    memset(out, 0, sizeof *out);
+    if (dev < 0 || dev >= FAKE_DEVICES) return;
+    out->live = g_live[dev];
+    out->peak = g_peak[dev];
+    out->allocs = g_allocs[dev];
+    out->driver_allocs = g_allocs[dev];
+}
+
+void ml_cuda_reset_peak(int dev) {
+    if (dev >= 0 && dev < FAKE_DEVICES) g_peak[dev] = g_live[dev];
+}
+
+ml_err ml_cuda_memcpy(void *dst, int dst_dev, const void *src, int src_dev, size_t nbytes) {
+    if (nbytes) memcpy(dst_dev >= 0 ? host(dst) : dst, src_dev >= 0 ? host(src) : src, nbytes);
+    return ML_OK;
+}
+
+/* ------------------------------------------------------------------ kernels */
+static int64_t numel_of(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
+/* element offset of linear index i (row-major over shape) in an operand */
+static int64_t elem_off(const ml_cuda_opnd *o, int ndim, const int64_t *shape, int64_t i) {
+    int64_t off = o->off;
+    for (int d = ndim - 1; d >= 0; d--) {
+        int64_t q = shape[d] ? i % shape[d] : 0;
+        i = shape[d] ? i / shape[d] : 0;
+        off += q * o->st[d];
+    }
+    return off;
+}
+
+static double load(const ml_cuda_opnd *o, int ndim, const int64_t *shape, int64_t i) {
+    if (o->is_scalar) return o->scalar;
+    return ml_load_elem(host(o->base), (ml_dtype)o->dtype, elem_off(o, ndim, shape, i));
+}
+
+static void store(const ml_cuda_opnd *o, int ndim, const int64_t *shape, int64_t i, double v) {
+    ml_store_elem(host(o->base), (ml_dtype)o->dtype, elem_off(o, ndim, shape, i), v);
+}
+
+#define M_F(fn) fn##f
+#define M_D(fn) fn
+
+static float ml_gelu_tanh_df(float x) {
+    float k = 0.79788456080286535588f, c = 0.044715f, u = k * (x + c * x * x * x), t = tanhf(u);
+    return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * k * (1 + 3 * c * x * x);
+}
+static double ml_gelu_tanh_d(double x) {
+    double k = 0.79788456080286535588, c = 0.044715, u = k * (x + c * x * x * x), t = tanh(u);
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x);
+}
+static float ml_silu_df(float x) { float s = 1 / (1 + expf(-x)); return s * (1 + x * (1 - s)); }
+static double ml_silu_d(double x) { double s = 1 / (1 + exp(-x)); return s * (1 + x * (1 - s)); }
+
+static float eval_f(int iop, float x, float y, float z, float p0, float p1) {
+    (void)y; (void)z; (void)p0; (void)p1;
+    switch (iop) {
+#define T float
+#define M M_F
+#define CASE_(name, ar, ob, expr) case name: return (float)(expr);
+        ML_IOP_LIST(CASE_)
+#undef CASE_
+#undef M
+#undef T
+    default: return NAN;
+    }
+}
+
+static double eval_d(int iop, double x, double y, double z, double p0, double p1) {
+    (void)y; (void)z; (void)p0; (void)p1;
+    switch (iop) {
+#define T double
+#define M M_D
+#define CASE_(name, ar, ob, expr) case name: return (double)(expr);
+        ML_IOP_LIST(CASE_)
+#undef CASE_
+#undef M
+#undef T
+    default: return NAN;
+    }
+}
+
+ml_err ml_cuda_ew(int iop, int kd, int ndim, const int64_t *shape, int nops, const ml_cuda_opnd *ops,
+                  const double *params) {
+    if (iop < 0 || iop >= ML_NIOPS) return ml_seterr(ML_ERR_INTERNAL, "cuda ew: bad op %d", iop);
+    double p0 = params ? params[0] : 0, p1 = params ? params[1] : 0;
+    int64_t n = numel_of(ndim, shape);
+    for (int64_t i = 0; i < n; i++) {
+        double in[3] = {0, 0, 0};
+        for (int k = 1; k < nops && k < 4; k++) in[k - 1] = load(&ops[k], ndim, shape, i);
+        double v = kd == ML_F64 ? eval_d(iop, in[0], in[1], in[2], p0, p1)
+                                : (double)eval_f(iop, (float)in[0], (float)in[1], (float)in[2], (float)p0, (float)p1);
+        store(&ops[0], ndim, shape, i, v);
+    }
+    return ML_OK;
+}
+
+ml_err ml_cuda_copy(int ndim, const int64_t *shape, const ml_cuda_opnd *dst, const ml_cuda_opnd *src) {
+    int64_t n = numel_of(ndim, shape);
+    for (int64_t i = 0; i < n; i++) store(dst, ndim, shape, i, load(src, ndim, shape, i));
+    return ML_OK;
+}
+
+ml_err ml_cuda_fill(int ndim, const int64_t *shape, const ml_cuda_opnd *dst, double v) {
+    int64_t n = numel_of(ndim, shape);
+    for (int64_t i = 0; i < n; i++) store(dst, ndim, shape, i, v);
+    return ML_OK;
+}
+
+ml_err ml_cuda_reduce(int kind, int kd, int ndim, const int64_t *shape, const bool *reduce, const ml_cuda_opnd *out,
+                      const ml_cuda_opnd *in, const ml_cuda_opnd *idx) {
+    (void)kd;
+    int64_t oshape[ML_MAX_DIMS], rshape[ML_MAX_DIMS];
+    int rdim = -1, nr = 0;
+    for (int d = 0; d < ndim; d++) {
+        oshape[d] = reduce[d] ? 1 : shape[d];
+        rshape[d] = reduce[d] ? shape[d] : 1;
+        if (reduce[d]) { rdim = d; nr++; }
+    }
+    int64_t no = numel_of(ndim, oshape), nred = numel_of(ndim, rshape);
+    for (int64_t o = 0; o < no; o++) {
+        int64_t base[ML_MAX_DIMS], rem = o;
+        for (int d = ndim - 1; d >= 0; d--) { base[d] = rem % oshape[d]; rem /= oshape[d]; }
+        double acc = kind == 0 ? 0 : kind == 3 ? 1 : NAN;
+        int64_t best = 0;
+        for (int64_t r = 0; r < nred; r++) {
+            int64_t pos[ML_MAX_DIMS], rr = r;
+            for (int d = ndim - 1; d >= 0; d--) { pos[d] = base[d] + rr % rshape[d]; rr /= rshape[d]; }
+            int64_t off = in->off;
+            for (int d = 0; d < ndim; d++) off += pos[d] * in->st[d];
+            double v = ml_load_elem(host(in->base), (ml_dtype)in->dtype, off);
+            if (kind == 0) acc += v;
+            else if (kind == 3) acc *= v;
+            else if (r == 0 || (!isnan(acc) && (isnan(v) || (kind == 1 ? v > acc : v < acc)))) {
+                acc = v;
+                best = rdim >= 0 ? pos[rdim] : 0;
+            }
+        }
+        int64_t ooff = out->off;
+        for (int d = 0; d < ndim; d++) ooff += base[d] * out->st[d];
+        ml_store_elem(host(out->base), (ml_dtype)out->dtype, ooff, acc);
+        if (idx && nr == 1) {
+            int64_t ioff = idx->off;
+            for (int d = 0; d < ndim; d++) ioff += base[d] * idx->st[d];
+            ml_store_elem(host(idx->base), ML_I64, ioff, (double)best);
+        }
+    }
+    return ML_OK;
+}
+
+ml_err ml_cuda_gemm(int kd, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
+                    int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, void *c, int64_t ldc,
+                    int64_t stride_c, int64_t batch, double alpha, double beta, int dev) {
+    (void)dev;
+    const char *A = host(a), *B = host(b);
+    char *C = host(c);
+    for (int64_t q = 0; q < batch; q++)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double s = 0;
+                for (int64_t l = 0; l < k; l++) {
+                    int64_t ia = q * stride_a + (trans_a ? l * lda + i : i * lda + l);
+                    int64_t ib = q * stride_b + (trans_b ? j * ldb + l : l * ldb + j);
+                    s += ml_load_elem(A, (ml_dtype)kd, ia) * ml_load_elem(B, (ml_dtype)kd, ib);
+                }
+                int64_t ic = q * stride_c + i * ldc + j;
+                double old = beta != 0 ? ml_load_elem(C, (ml_dtype)kd, ic) : 0;
+                ml_store_elem(C, (ml_dtype)kd, ic, alpha * s + beta * old);
+            }
+    return ML_OK;
+}
+
+void ml_cuda_set_tf32(bool on) { g_tf32 = on; }
+bool ml_cuda_tf32(void) { return g_tf32; }

@@ -1,0 +1,185 @@
+-- The CUDA device path against the CPU oracle: transfers, elementwise ops (forward and the gradient
+-- table), in-place ops, reductions, matmul, autograd on the device, the gate for ops without a device
+-- path, and device mixing errors. Runs on a real GPU (build/medlua where medlua.cuda.available()) and,
+-- in CI, on the host-emulated device (build/medlua-fakecuda), whose "device" pointers crash any CPU
+-- kernel that touches them. Tolerances are those of a GPU against the CPU (cudnn.torch's: 1e-4
+-- forward; f64 much tighter).
+local medlua = require "medlua"
+local T = require "medlua.test"
+local F = medlua.F
+
+if not medlua.cuda.available() then
+  print("gpu tests: skipped (" .. medlua.cuda.status() .. ")")
+  print("0 passed, 0 failed")
+  return
+end
+print("device: " .. medlua.cuda.device_name(0) .. " (" .. medlua.cuda.status() .. ")")
+
+local function close(got, want, rtol, atol, what)
+  T.eq(got.device, "cpu", "compare on the host")
+  T.eq(got.shape, want.shape, what)
+  local d = (got:double() - want:double()):abs()
+  local lim = want:double():abs() * rtol + atol
+  local bad = (d - lim):amax():item()
+  T.ok(bad <= 0, string.format("%s: max excess %.3g over tolerance", what or "values", bad))
+end
+
+local TOL = {float32 = {1e-5, 1e-6}, float64 = {1e-12, 1e-13}}
+
+T.case("transfers keep values, dtype and shape; device names", function()
+  local x = medlua.randn({3, 4, 5})
+  local d = x:cuda()
+  T.eq(d.device, "cuda:0")
+  T.eq(d.dtype, "float32")
+  T.eq(d.shape, {3, 4, 5})
+  T.ok(d:cpu():equal(x))
+  T.ok(x:to("cuda"):to("cpu"):equal(x))
+  T.ok(x:to({device = "cuda", dtype = "float64"}):cpu():equal(x:double()))
+  T.eq(x:cuda():cuda().device, "cuda:0")
+  T.ok(x:permute(2, 0, 1):cuda():cpu():equal(x:permute(2, 0, 1)), "a strided view moves as its values")
+  T.ok(x:narrow(1, 1, 2):cuda():cpu():equal(x:narrow(1, 1, 2)))
+  local z = medlua.zeros({2, 3}, {device = "cuda", dtype = "float64"})
+  T.eq(z.device, "cuda:0")
+  T.eq(z.dtype, "float64")
+  T.eq(medlua.ones_like(z).device, "cuda:0")
+  T.eq(medlua.zeros_like(z, {device = "cpu"}).device, "cpu")
+  medlua.manual_seed(3)
+  local r1 = medlua.randn({4}, {device = "cuda"})
+  medlua.manual_seed(3)
+  T.ok(r1:cpu():equal(medlua.randn({4})), "same seed, same numbers on the device")
+  T.ok(tostring(d):find("device='cuda:0'", 1, true) ~= nil, tostring(d))
+  T.eq(d:sum().device, "cuda:0")
+  T.ok(math.abs(d:sum():item() - x:sum():item()) < 1e-4)
+  local m = medlua.mem()
+  T.ok((m.cuda or 0) > 0, "live device bytes are reported")
+  local st = medlua.cuda.memory_stats(0)
+  T.ok(st.live > 0 and st.peak >= st.live)
+end)
+
+T.case("elementwise: binary ops with broadcasting and scalars, f32 and f64", function()
+  medlua.manual_seed(1)
+  for _, dt in ipairs({"float32", "float64"}) do
+    local a = medlua.randn({4, 1, 6}, {dtype = dt})
+    local b = medlua.randn({5, 1}, {dtype = dt}):abs() + 0.5
+    local da, db = a:cuda(), b:cuda()
+    for _, op in ipairs({"add", "sub", "mul", "div", "maximum", "minimum", "atan2", "fmod"}) do
+      close(da[op](da, db):cpu(), a[op](a, b), TOL[dt][1], TOL[dt][2], op .. " " .. dt)
+    end
+    close((da:abs() + 0.1):pow(db):cpu(), (a:abs() + 0.1):pow(b), 1e-5, 1e-6, "pow " .. dt)
+    close((da * 2.5 - 1):cpu(), a * 2.5 - 1, TOL[dt][1], TOL[dt][2], "scalars " .. dt)
+    close((3 / (db + 1)):cpu(), 3 / (b + 1), TOL[dt][1], TOL[dt][2], "reverse scalar " .. dt)
+    for _, op in ipairs({"eq", "ne", "lt", "le", "gt", "ge"}) do
+      T.ok(da[op](da, 0.1):cpu():equal(a[op](a, 0.1)), op)
+    end
+  end
+end)
+
+T.case("elementwise: unary ops and activations", function()
+  medlua.manual_seed(2)
+  local x = medlua.randn({7, 9}, {dtype = "float32"})
+  local pos = x:abs() + 0.05
+  local dx, dpos = x:cuda(), pos:cuda()
+  for _, op in ipairs({"neg", "exp", "abs", "sign", "floor", "ceil", "round", "trunc", "sin", "cos", "tanh",
+                       "sigmoid", "relu", "silu", "softplus", "erf", "expm1", "square"}) do
+    close(dx[op](dx):cpu(), x[op](x), 1e-5, 1e-6, op)
+  end
+  for _, op in ipairs({"log", "sqrt", "rsqrt", "reciprocal", "log1p"}) do
+    close(dpos[op](dpos):cpu(), pos[op](pos), 1e-5, 1e-6, op)
+  end
+  close(dx:gelu():cpu(), x:gelu(), 1e-5, 1e-6, "gelu")
+  close(dx:gelu("tanh"):cpu(), x:gelu("tanh"), 1e-5, 1e-6, "gelu tanh")
+  close(dx:clamp(-0.5, 0.25):cpu(), x:clamp(-0.5, 0.25), 0, 0, "clamp")
+  close(dx:leaky_relu(0.1):cpu(), x:leaky_relu(0.1), 1e-6, 0, "leaky_relu")
+  close(dx:elu(1.0):cpu(), x:elu(1.0), 1e-5, 1e-6, "elu")
+  T.ok(dx:isnan():cpu():equal(x:isnan()))
+end)
+
+T.case("in-place ops on the device", function()
+  local x = medlua.randn({3, 8})
+  local d = x:cuda()
+  d:mul_(2):add_(1):relu_():clamp_(0, 2)
+  close(d:cpu(), (x * 2 + 1):relu():clamp(0, 2), 1e-6, 1e-7, "chain")
+  d:fill_(3)
+  T.ok(d:cpu():equal(medlua.full({3, 8}, 3)))
+  d:zero_()
+  T.eq(d:sum():item(), 0)
+  d:copy_(x)
+  T.ok(d:cpu():equal(x))
+  d:copy_(x:cuda():narrow(0, 0, 1))
+  T.ok(d:cpu():equal(x:narrow(0, 0, 1):expand(3, 8)), "copy_ broadcasts")
+end)
+
+T.case("reductions: sum, mean, amax, amin, prod over dims", function()
+  medlua.manual_seed(4)
+  for _, dt in ipairs({"float32", "float64"}) do
+    local x = medlua.randn({4, 5, 6}, {dtype = dt})
+    local d = x:cuda()
+    local rt = dt == "float32" and 1e-5 or 1e-12
+    close(d:sum():cpu(), x:sum(), rt, rt, "sum all " .. dt)
+    close(d:sum(1):cpu(), x:sum(1), rt, rt, "sum 1")
+    close(d:sum({0, 2}, true):cpu(), x:sum({0, 2}, true), rt, rt, "sum 0,2 keepdim")
+    close(d:mean(2):cpu(), x:mean(2), rt, rt, "mean")
+    close(d:amax(0):cpu(), x:amax(0), 0, 0, "amax")
+    close(d:amin({1, 2}):cpu(), x:amin({1, 2}), 0, 0, "amin")
+    close((d * 0.5 + 1):prod(2):cpu(), (x * 0.5 + 1):prod(2), rt * 10, rt, "prod")
+    close(d:permute(2, 0, 1):sum(0):cpu(), x:permute(2, 0, 1):sum(0), rt, rt, "sum of a strided view")
+  end
+end)
+
+T.case("matmul, mm, bmm on the device (cuBLAS)", function()
+  medlua.manual_seed(5)
+  local cases = {{{5, 7}, {7, 3}}, {{2, 5, 7}, {7, 4}}, {{2, 5, 7}, {2, 7, 4}}, {{3, 1, 4, 6}, {2, 6, 5}},
+                 {{7}, {7, 3}}, {{4, 7}, {7}}, {{6}, {6}}}
+  for _, c in ipairs(cases) do
+    local a, b = medlua.randn(c[1]), medlua.randn(c[2])
+    close(a:cuda():matmul(b:cuda()):cpu(), a:matmul(b), 1e-4, 1e-5,
+          "matmul [" .. table.concat(c[1], ",") .. "] x [" .. table.concat(c[2], ",") .. "]")
+  end
+  local a, b = medlua.randn({3, 4}, {dtype = "float64"}), medlua.randn({4, 2}, {dtype = "float64"})
+  close(a:cuda():mm(b:cuda()):cpu(), a:mm(b), 1e-12, 1e-12, "mm f64")
+  local p, q = medlua.randn({2, 3, 4}), medlua.randn({2, 4, 5})
+  close(p:cuda():bmm(q:cuda()):cpu(), p:bmm(q), 1e-4, 1e-5, "bmm")
+  close(a:cuda():t():matmul(a:cuda()):cpu(), a:t():matmul(a), 1e-12, 1e-12, "transposed operand")
+end)
+
+T.case("autograd on the device gives the CPU's gradients", function()
+  medlua.manual_seed(6)
+  local x0, w0 = medlua.randn({4, 6}, {dtype = "float64"}), medlua.randn({6, 3}, {dtype = "float64"})
+  local function run(dev)
+    local x = x0:clone():to(dev); x.requires_grad = true
+    local w = w0:clone():to(dev); w.requires_grad = true
+    local h = x:matmul(w)
+    h:relu_()
+    local y = (h:sigmoid() * h + h:exp():mean(1, true)):sum()
+    y:backward()
+    return y:item(), x.grad, w.grad
+  end
+  local yc, gxc, gwc = run("cpu")
+  local yd, gxd, gwd = run("cuda")
+  T.ok(math.abs(yc - yd) < 1e-10)
+  T.eq(gxd.device, "cuda:0")
+  close(gxd:cpu(), gxc, 1e-10, 1e-12, "x.grad")
+  close(gwd:cpu(), gwc, 1e-10, 1e-12, "w.grad")
+  -- a leaf on the host, moved: its gradient comes back to the host
+  local a = medlua.randn({5}, {dtype = "float64", requires_grad = true})
+  local s = (a:cuda() * 3):sum()
+  s:backward()
+  T.eq(a.grad.device, "cpu")
+  T.ok(a.grad:equal(medlua.full({5}, 3, {dtype = "float64"})))
+end)
+
+T.case("ops without a device path are refused by name; devices do not mix", function()
+  local d = medlua.randn({2, 3, 8, 8}):cuda()
+  local w = medlua.randn({4, 3, 3, 3}):cuda()
+  T.raises(function() F.conv2d(d, w) end, "not implemented for cuda:0 tensors yet")
+  T.raises(function() d:index_select(0, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
+  T.raises(function() medlua.cat({d, d}) end, "not implemented for cuda")
+  T.raises(function() d:var() end, "not implemented for cuda")
+  T.raises(function() local _ = d + medlua.randn({2, 3, 8, 8}) end, "one device")
+  T.raises(function() d:matmul(medlua.randn({8, 2})) end, "cuda:0")
+  T.raises(function() medlua.save("/tmp/medlua_gpu_test.safetensors", {x = d}) end, "move it with :cpu")
+  T.raises(function() medlua.ones(2):to("cuda:7") end, "does not exist")
+  T.raises(function() medlua.ones(2):cuda("gpu") end, "bad device")
+end)
+
+T.run()
