@@ -98,6 +98,26 @@ ml_err ml_cuda_gemm(int kd, bool trans_a, bool trans_b, int64_t m, int64_t n, in
 void ml_cuda_set_tf32(bool on);
 bool ml_cuda_tf32(void);
 
+/* ------------------------------------------------------------- cuDNN */
+/* Convolution over nsp = 1, 2 or 3 spatial dims through cuDNN (loaded with dlopen on first use; 1-D runs
+ * as 2-D with a unit dim). Tensors are dense (contiguous, NC + spatial) on device dev, dtype kd (ML_F32,
+ * ML_F64, ML_BF16, ML_F16; f32 accumulation for the 16-bit types). x [N, C, S...], w [O, C/groups, K...],
+ * y [N, O, S'...] with S' from stride/pad/dilation as in PyTorch. Algorithms are chosen per shape
+ * (cudnnFind when ml_cuda_set_benchmark(true), else the heuristic) and cached; workspaces come from the
+ * caching allocator. y/dx/dw are overwritten (beta = 0). A transposed convolution is bwd_data forward
+ * and conv_fwd backward: the core composes them. */
+typedef struct {
+    int nsp;
+    int64_t x[5], w[5], y[5]; /* shapes: [N, C, S...], [O, C/groups, K...], [N, O, S'...] */
+    int stride[3], pad[3], dil[3];
+    int groups;
+} ml_cuda_conv_desc;
+ml_err ml_cuda_conv_fwd(int kd, const ml_cuda_conv_desc *d, const void *x, const void *w, void *y, int dev);
+ml_err ml_cuda_conv_bwd_data(int kd, const ml_cuda_conv_desc *d, const void *w, const void *dy, void *dx, int dev);
+ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x, const void *dy, void *dw, int dev);
+void ml_cuda_set_benchmark(bool on);
+bool ml_cuda_benchmark(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -21,3 +21,8 @@ ml_err ml_cuda_reduce(int kind, int kd, int ndim, const int64_t *shape, const bo
 ml_err ml_cuda_gemm(int kd, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void *a, int64_t lda, int64_t sa, const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc, int64_t batch, double alpha, double beta, int dev) { (void)kd; (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)sa; (void)b; (void)ldb; (void)sb; (void)c; (void)ldc; (void)sc; (void)batch; (void)alpha; (void)beta; (void)dev; return nocuda(); }
 void ml_cuda_set_tf32(bool on) { (void)on; }
 bool ml_cuda_tf32(void) { return false; }
+ml_err ml_cuda_conv_fwd(int kd, const ml_cuda_conv_desc *d, const void *x, const void *w, void *y, int dev) { (void)kd; (void)d; (void)x; (void)w; (void)y; (void)dev; return nocuda(); }
+ml_err ml_cuda_conv_bwd_data(int kd, const ml_cuda_conv_desc *d, const void *w, const void *dy, void *dx, int dev) { (void)kd; (void)d; (void)w; (void)dy; (void)dx; (void)dev; return nocuda(); }
+ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x, const void *dy, void *dw, int dev) { (void)kd; (void)d; (void)x; (void)dy; (void)dw; (void)dev; return nocuda(); }
+void ml_cuda_set_benchmark(bool on) { (void)on; }
+bool ml_cuda_benchmark(void) { return false; }
