@@ -16,6 +16,7 @@
  * conv_transpose: X = output, Y = input  (PyTorch's [Cin, Cout/G, K] weight is exactly W)
  * so conv forward = conv_transpose backward-data and vice versa. */
 #include "ml_dnnl_priv.h"
+#include "../cuda/ml_cuda.h"
 #include "ml_conv_direct.h"
 
 #include <dnnl_debug.h>
@@ -979,6 +980,118 @@ static ml_err bw_conv(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     return e;
 }
 
+/* ------------------------------------------------------------ CUDA (cuDNN) */
+/* cuDNN sees every case as a plain convolution "cx -> cy" with filter w: for conv_transpose the roles of
+ * input and output swap (its forward is the convolution's backward-data), the filter layout is the same. */
+static void cuda_desc(ml_cuda_conv_desc *d, const cgeo *g) {
+    memset(d, 0, sizeof *d);
+    d->nsp = g->k;
+    int64_t cin = g->tr ? g->Cout : g->Cin, cout = g->tr ? g->Cin : g->Cout;
+    d->x[0] = d->y[0] = g->N;
+    d->x[1] = cin;
+    d->y[1] = cout;
+    d->w[0] = cout;
+    d->w[1] = cin / g->G;
+    for (int i = 0; i < g->k; i++) { /* cgeo keeps spatial dims right-aligned in 3 slots */
+        int j = 3 - g->k + i;
+        d->x[2 + i] = g->tr ? g->O[j] : g->I[j];
+        d->y[2 + i] = g->tr ? g->I[j] : g->O[j];
+        d->w[2 + i] = g->K[j];
+        d->stride[i] = (int)g->s[j];
+        d->pad[i] = (int)g->p[j];
+        d->dil[i] = (int)g->d[j];
+    }
+    d->groups = (int)g->G;
+}
+
+typedef struct {
+    cgeo g;
+    int x_slot, w_slot;
+} cuda_conv_np;
+
+/* bias [C] added over dim 1 of y (in place), or its gradient: the sum of g over every dim but 1 */
+static ml_err bias_view(ml_tensor **out, ml_tensor *b, int nd) {
+    int64_t sh[ML_MAX_DIMS];
+    for (int i = 0; i < nd; i++) sh[i] = 1;
+    sh[1] = b->shape[0];
+    return ml_reshape(out, b, nd, sh);
+}
+
+static ml_err bias_grad(ml_tensor **out, ml_tensor *g) {
+    int dims[ML_MAX_DIMS], n = 0;
+    for (int i = 0; i < g->ndim; i++)
+        if (i != 1) dims[n++] = i;
+    return ml_reduce(out, ML_RSUM, g, n, dims, false);
+}
+
+static ml_err bw_conv_cuda(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const cuda_conv_np *cp = (const cuda_conv_np *)n->params;
+    ml_tensor *x = cp->x_slot >= 0 ? ml_node_saved(n, cp->x_slot) : NULL;
+    ml_tensor *w = cp->w_slot >= 0 ? ml_node_saved(n, cp->w_slot) : NULL;
+    if ((cp->x_slot >= 0 && !x) || (cp->w_slot >= 0 && !w)) return ML_ERR_GRAD;
+    ml_cuda_conv_desc d;
+    cuda_desc(&d, &cp->g);
+    ml_tensor *g;
+    ml_err e = ml_contiguous(&g, gout[0]);
+    if (e) return e;
+    int dev = g->storage->device.index, kd = g->dtype;
+    if (n->needs[0]) { /* conv: backward-data; conv_transpose: a forward convolution of g */
+        if (!(e = ml_tensor_empty_on(&gin[0], ml_tensor_device(g), (ml_dtype)kd, n->in_ndim[0], n->in_shape[0])))
+            e = cp->g.tr ? ml_cuda_conv_fwd(kd, &d, ml_tensor_data(g), ml_tensor_data(w), ml_tensor_data(gin[0]), dev)
+                         : ml_cuda_conv_bwd_data(kd, &d, ml_tensor_data(w), ml_tensor_data(g), ml_tensor_data(gin[0]), dev);
+    }
+    if (!e && n->needs[1]) { /* the filter gradient: input of cuDNN's view, output gradient of its view */
+        if (!(e = ml_tensor_empty_on(&gin[1], ml_tensor_device(g), (ml_dtype)kd, n->in_ndim[1], n->in_shape[1])))
+            e = cp->g.tr ? ml_cuda_conv_bwd_filter(kd, &d, ml_tensor_data(g), ml_tensor_data(x), ml_tensor_data(gin[1]), dev)
+                         : ml_cuda_conv_bwd_filter(kd, &d, ml_tensor_data(x), ml_tensor_data(g), ml_tensor_data(gin[1]), dev);
+    }
+    if (!e && n->nin > 2 && n->needs[2]) e = bias_grad(&gin[2], g);
+    ml_tensor_release(g);
+    return e;
+}
+
+static ml_err cuda_conv(ml_tensor **out, const char *op, const cgeo *g, ml_tensor *x, ml_tensor *w, ml_tensor *b) {
+    *out = NULL;
+    ml_tensor *ts[3] = {x, w, b};
+    ml_tensor *xc = NULL, *wc = NULL, *y = NULL, *bv = NULL;
+    ml_cuda_conv_desc d;
+    cuda_desc(&d, g);
+    int nd = g->k + 2, dev = x->storage->device.index, kd = x->dtype;
+    int64_t ys[5] = {g->N, g->Cout, 1, 1, 1};
+    for (int i = 0; i < g->k; i++) ys[2 + i] = g->O[3 - g->k + i];
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e;
+    if ((e = ml_contiguous(&xc, x)) || (e = ml_contiguous(&wc, w))) goto done;
+    if ((e = ml_tensor_empty_on(&y, ml_tensor_device(x), (ml_dtype)kd, nd, ys))) goto done;
+    e = g->tr ? ml_cuda_conv_bwd_data(kd, &d, ml_tensor_data(wc), ml_tensor_data(xc), ml_tensor_data(y), dev)
+              : ml_cuda_conv_fwd(kd, &d, ml_tensor_data(xc), ml_tensor_data(wc), ml_tensor_data(y), dev);
+    if (e) goto done;
+    if (b && ((e = bias_view(&bv, b, nd)) || (e = ml_binary_(ML_ADD, y, bv)))) goto done;
+    ml_set_grad_enabled(prev);
+    {
+        ml_node *node;
+        if ((e = ml_record(op, bw_conv_cuda, b ? 3 : 2, ts, y, &node))) goto done;
+        if (node) {
+            cuda_conv_np np;
+            memset(&np, 0, sizeof np);
+            np.g = *g;
+            np.x_slot = np.w_slot = -1;
+            if (node->needs[1] && (np.x_slot = ml_node_save(node, xc)) < 0) { e = ML_ERR_INTERNAL; goto done; }
+            if (node->needs[0] && (np.w_slot = ml_node_save(node, wc)) < 0) { e = ML_ERR_INTERNAL; goto done; }
+            _Static_assert(sizeof(cuda_conv_np) <= ML_NODE_PARAM_BYTES, "conv params fit the node");
+            memcpy(node->params, &np, sizeof np);
+        }
+    }
+done:
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(xc);
+    ml_tensor_release(wc);
+    ml_tensor_release(bv);
+    if (e) { ml_tensor_release(y); return e; }
+    *out = y;
+    return ML_OK;
+}
+
 static ml_err conv_impl(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b, const ml_conv_params *p, bool tr) {
     *out = NULL;
     const char *base = tr ? "conv_transpose" : "conv";
@@ -987,7 +1100,7 @@ static ml_err conv_impl(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *
     const char *op = mld_opname(base, p->k);
     ml_tensor *ts[3] = {x, w, b};
     static const char *const names[3] = {"input", "weight", "bias"};
-    ml_err e = mld_check_float(op, 3, ts, names);
+    ml_err e = mld_check_float_on(op, 3, ts, names, true);
     if (e) return e;
     if (x->ndim == p->k + 1) { /* unbatched: run as a batch of one */
         ml_tensor *xb, *yb;
@@ -1005,6 +1118,7 @@ static ml_err conv_impl(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *
                          p->k == 1 ? "L" : p->k == 2 ? "H, W" : "D, H, W", p->k + 1);
     cgeo g;
     if ((e = geo_build(&g, op, tr, x, w, b, p))) return e;
+    if (ml_tensor_is_cuda(x)) return cuda_conv(out, op, &g, x, w, b);
     ml_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
     bool need = ml_needs_grad(b ? 3 : 2, ts);
     /* x's producer knows NC16: its gradient may come back in NC16 even if x is made plain here */

@@ -245,3 +245,87 @@ ml_err ml_cuda_gemm(int kd, bool trans_a, bool trans_b, int64_t m, int64_t n, in
 
 void ml_cuda_set_tf32(bool on) { g_tf32 = on; }
 bool ml_cuda_tf32(void) { return g_tf32; }
+
+/* ------------------------------------------------------------- cuDNN (emulated with the CPU conv) */
+#include "../../modules/nn/ml_nn.h"
+
+static bool g_benchmark;
+void ml_cuda_set_benchmark(bool on) { g_benchmark = on; }
+bool ml_cuda_benchmark(void) { return g_benchmark; }
+
+static int64_t dense_numel(int nd, const int64_t *s) {
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= s[i];
+    return n;
+}
+
+/* a host tensor holding a copy of dense device data */
+static ml_err host_tensor(ml_tensor **out, int kd, int nd, const int64_t *shape, const void *dev_ptr) {
+    return ml_tensor_from_data(out, (ml_dtype)kd, nd, shape, host(dev_ptr));
+}
+
+static void to_dev(void *dev_ptr, const ml_tensor *t) {
+    memcpy(host(dev_ptr), ml_tensor_data(t), (size_t)ml_tensor_numel(t) * ml_dtype_size((ml_dtype)t->dtype));
+}
+
+static ml_conv_params conv_params(const ml_cuda_conv_desc *d) {
+    ml_conv_params p;
+    memset(&p, 0, sizeof p);
+    p.k = d->nsp;
+    for (int i = 0; i < d->nsp; i++) {
+        p.stride[i] = d->stride[i];
+        p.padding[i] = d->pad[i];
+        p.dilation[i] = d->dil[i];
+    }
+    p.groups = d->groups;
+    return p;
+}
+
+/* which = 0: y = conv(x, w); 1: dx of conv for dy; 2: dw of conv for dy (CPU autograd) */
+static ml_err fake_conv(int which, int kd, const ml_cuda_conv_desc *d, const void *a, const void *b, void *out) {
+    int nd = d->nsp + 2;
+    ml_conv_params p = conv_params(d);
+    ml_tensor *x = NULL, *w = NULL, *dy = NULL, *y = NULL;
+    ml_err e;
+    bool prev = ml_set_grad_enabled(which != 0);
+    if (which == 0) {
+        if ((e = host_tensor(&x, kd, nd, d->x, a)) || (e = host_tensor(&w, kd, nd, d->w, b))) goto done;
+    } else if (which == 1) {
+        if ((e = host_tensor(&w, kd, nd, d->w, a)) || (e = host_tensor(&dy, kd, nd, d->y, b))) goto done;
+        if ((e = ml_zeros(&x, (ml_dtype)kd, nd, d->x)) || (e = ml_set_requires_grad(x, true))) goto done;
+    } else {
+        if ((e = host_tensor(&x, kd, nd, d->x, a)) || (e = host_tensor(&dy, kd, nd, d->y, b))) goto done;
+        if ((e = ml_zeros(&w, (ml_dtype)kd, nd, d->w)) || (e = ml_set_requires_grad(w, true))) goto done;
+    }
+    if ((e = ml_conv(&y, x, w, NULL, &p))) goto done;
+    if (dense_numel(nd, d->y) != ml_tensor_numel(y)) { e = ml_seterr(ML_ERR_SHAPE, "fake conv: output shape"); goto done; }
+    if (which == 0) {
+        ml_tensor *yc;
+        if ((e = ml_contiguous(&yc, y))) goto done;
+        to_dev(out, yc);
+        ml_tensor_release(yc);
+    } else {
+        if ((e = ml_backward(y, dy, false))) goto done;
+        to_dev(out, which == 1 ? x->grad : w->grad);
+    }
+done:
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(x);
+    ml_tensor_release(w);
+    ml_tensor_release(dy);
+    ml_tensor_release(y);
+    return e;
+}
+
+ml_err ml_cuda_conv_fwd(int kd, const ml_cuda_conv_desc *d, const void *x, const void *w, void *y, int dev) {
+    (void)dev;
+    return fake_conv(0, kd, d, x, w, y);
+}
+ml_err ml_cuda_conv_bwd_data(int kd, const ml_cuda_conv_desc *d, const void *w, const void *dy, void *dx, int dev) {
+    (void)dev;
+    return fake_conv(1, kd, d, w, dy, dx);
+}
+ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x, const void *dy, void *dw, int dev) {
+    (void)dev;
+    return fake_conv(2, kd, d, x, dy, dw);
+}

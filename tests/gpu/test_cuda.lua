@@ -168,10 +168,44 @@ T.case("autograd on the device gives the CPU's gradients", function()
   T.ok(a.grad:equal(medlua.full({5}, 3, {dtype = "float64"})))
 end)
 
+T.case("convolutions (cuDNN): 1-3-D, transposed, stride, padding, dilation, groups, bias; gradients", function()
+  medlua.manual_seed(7)
+  local cases = {
+    {fn = "conv1d", x = {2, 4, 11}, w = {6, 2, 3}, o = {stride = 2, padding = 1, groups = 2}},
+    {fn = "conv2d", x = {2, 3, 9, 8}, w = {5, 3, 3, 3}, o = {padding = 2, dilation = 2}},
+    {fn = "conv3d", x = {1, 2, 6, 7, 5}, w = {4, 2, 3, 3, 3}, o = {stride = {1, 2, 1}, padding = 1}},
+    {fn = "conv_transpose2d", x = {2, 4, 5, 6}, w = {4, 3, 3, 3}, o = {stride = 2, padding = 1, output_padding = 1}},
+    {fn = "conv_transpose3d", x = {1, 4, 3, 4, 3}, w = {4, 2, 2, 2, 2}, o = {stride = 2, groups = 2}},
+  }
+  for _, c in ipairs(cases) do
+    for _, dt in ipairs({"float32", "float64"}) do
+      local x0, w0 = medlua.randn(c.x, {dtype = dt}), medlua.randn(c.w, {dtype = dt})
+      local nb = c.fn:find("transpose") and c.w[2] * (c.o.groups or 1) or c.w[1]
+      local b0 = medlua.randn({nb}, {dtype = dt})
+      local function run(dev)
+        local x, w, b = x0:clone():to(dev), w0:clone():to(dev), b0:clone():to(dev)
+        x.requires_grad, w.requires_grad, b.requires_grad = true, true, true
+        local y = F[c.fn](x, w, b, c.o)
+        medlua.manual_seed(8)
+        local g = medlua.randn(y.shape, {dtype = dt})
+        y:backward(g:to(dev))
+        return y, x.grad, w.grad, b.grad
+      end
+      local rt = dt == "float32" and 1e-4 or 1e-10
+      local yc, gxc, gwc, gbc = run("cpu")
+      local yd, gxd, gwd, gbd = run("cuda")
+      T.eq(yd.device, "cuda:0")
+      close(yd:cpu(), yc, rt, rt, c.fn .. " y " .. dt)
+      close(gxd:cpu(), gxc, rt * 20, rt * 20, c.fn .. " dx " .. dt)
+      close(gwd:cpu(), gwc, rt * 20, rt * 20, c.fn .. " dw " .. dt)
+      close(gbd:cpu(), gbc, rt * 20, rt * 20, c.fn .. " db " .. dt)
+    end
+  end
+end)
+
 T.case("ops without a device path are refused by name; devices do not mix", function()
   local d = medlua.randn({2, 3, 8, 8}):cuda()
-  local w = medlua.randn({4, 3, 3, 3}):cuda()
-  T.raises(function() F.conv2d(d, w) end, "not implemented for cuda:0 tensors yet")
+  T.raises(function() F.max_pool2d(d, 2) end, "not implemented for cuda:0 tensors yet")
   T.raises(function() d:index_select(0, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
   T.raises(function() medlua.cat({d, d}) end, "not implemented for cuda")
   T.raises(function() d:var() end, "not implemented for cuda")
