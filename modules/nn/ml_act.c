@@ -7,6 +7,7 @@
  * T = float and T = double (this file includes itself with ML_ACT_GEN defined). */
 #ifndef ML_ACT_GEN
 #include "ml_nn_util.h"
+#include "ml_nn_composite.h"
 
 #include <math.h>
 
@@ -89,6 +90,7 @@ static ml_err softmax_impl(ml_tensor **out, ml_tensor *x, int dim, bool log, con
     if (e) return e;
     int d = ml_wrap_dim(op, dim, x->ndim);
     if (d < 0) return ML_ERR_DIM;
+    if (ml_tensor_is_cuda(x)) return ml_softmax_composite(out, x, d, log);
     sm_params p = {.log = log};
     sm_geometry(x, x->ndim ? d : -1, &p.outer, &p.D, &p.inner);
     ml_tensor *xc = NULL, *y = NULL;
@@ -147,6 +149,7 @@ ml_err ml_dropout(ml_tensor **out, ml_tensor *x, double p, bool training) {
     }
     ml_err e = nn_check_real("dropout", "input", x);
     if (e) return e;
+    if (ml_tensor_is_cuda(x)) return ml_dropout_composite(out, x, p);
     ml_tensor *xc = NULL, *y = NULL;
     if ((e = nn_contig(&xc, x))) return e;
     if ((e = ml_tensor_empty(&y, (ml_dtype)x->dtype, x->ndim, x->shape))) { ml_tensor_release(xc); return e; }

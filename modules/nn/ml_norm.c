@@ -14,6 +14,7 @@
  */
 #ifndef ML_NORM_GEN
 #include "ml_nn_util.h"
+#include "ml_nn_composite.h"
 
 #include <math.h>
 
@@ -425,6 +426,13 @@ static ml_err segnorm(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_ten
         p.has_act = true;
         p.act_scalar = k == 1;
     }
+    if (ml_tensor_is_cuda(x)) { /* no device kernel yet: the composition of core ops */
+        ml_tensor *ts[6] = {x, rmean, rvar, weight, bias, prelu_w};
+        if ((e = ml_check_same_device(op, 6, ts))) return e;
+        return ml_norm_composite(out, kind == NK_BATCH ? ML_NORM_BATCH : kind == NK_INSTANCE ? ML_NORM_INSTANCE
+                                                                                             : ML_NORM_GROUP,
+                                 x, G, rmean, rvar, weight, bias, training, momentum, eps, prelu_w);
+    }
 
     ml_tensor *xc = NULL, *y = NULL, *tm = NULL, *tr = NULL, *tw = NULL, *ta = NULL;
     ml_dtype dt = (ml_dtype)x->dtype;
@@ -647,6 +655,10 @@ ml_err ml_layer_norm(ml_tensor **out, ml_tensor *x, int nnorm, ml_tensor *weight
                              ml_shape_str(x->ndim, x->shape));
     }
     if (!(eps >= 0)) return ml_seterr(ML_ERR_ARG, "layer_norm: eps must be >= 0, got %g", eps);
+    if (ml_tensor_is_cuda(x)) {
+        if ((e = ml_check_same_device("layer_norm", 3, (ml_tensor *[]){x, weight, bias}))) return e;
+        return ml_layer_norm_composite(out, x, nnorm, weight, bias, eps);
+    }
     ln_params p = {.R = 1, .K = 1, .has_w = weight != NULL};
     for (int d = 0; d < x->ndim - nnorm; d++) p.R *= x->shape[d];
     for (int d = 0; d < nnorm; d++) p.K *= ns[d];

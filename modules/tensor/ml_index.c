@@ -620,8 +620,9 @@ ml_err ml_cat(ml_tensor **out, int n, ml_tensor **ts, int dim) {
         free(u);
         return e;
     }
+    if ((e = ml_check_same_device("cat", used, u))) { free(u); return e; }
     ml_tensor *res;
-    if ((e = ml_tensor_empty(&res, dt, ref->ndim, shape))) { free(u); return e; }
+    if ((e = ml_tensor_empty_on(&res, ml_tensor_device(ref), dt, ref->ndim, shape))) { free(u); return e; }
     bool prev = ml_set_grad_enabled(false);
     int64_t off = 0;
     for (int i = 0; i < used && !e; i++) {

@@ -203,11 +203,59 @@ T.case("convolutions (cuDNN): 1-3-D, transposed, stride, padding, dilation, grou
   end
 end)
 
+T.case("softmax, log_softmax, norms (+PReLU), layer norm, dropout, cat: values, gradients, running stats", function()
+  medlua.manual_seed(9)
+  local function both(fn, inputs, rt, what)
+    local outs = {}
+    for k, dev in ipairs({"cpu", "cuda"}) do
+      local xs = {}
+      for i, t in ipairs(inputs) do
+        xs[i] = t:clone():to(dev)
+        if t.dtype == "float64" or t.dtype == "float32" then xs[i].requires_grad = true end
+      end
+      local y = fn(table.unpack(xs))
+      medlua.manual_seed(10)
+      local g = medlua.randn(y.shape, {dtype = y.dtype})
+      y:backward(g:to(dev))
+      outs[k] = {y = y, g = {}}
+      for i, t in ipairs(xs) do outs[k].g[i] = t.grad end
+    end
+    close(outs[2].y:cpu(), outs[1].y, rt, rt, what .. " forward")
+    for i = 1, #inputs do
+      if outs[1].g[i] then close(outs[2].g[i]:cpu(), outs[1].g[i], rt * 10, rt * 10, what .. " grad " .. i) end
+    end
+  end
+  local x = medlua.randn({3, 5, 4, 6}, {dtype = "float64"})
+  local w, b = medlua.randn({5}, {dtype = "float64"}), medlua.randn({5}, {dtype = "float64"})
+  both(function(t) return F.softmax(t, 1) end, {x}, 1e-10, "softmax")
+  both(function(t) return F.log_softmax(t, -1) end, {x}, 1e-10, "log_softmax")
+  both(function(t, ww, bb) return F.instance_norm(t, {weight = ww, bias = bb}) end, {x, w, b}, 1e-9, "instance_norm")
+  both(function(t, ww, bb) return F.group_norm(t, 5, {weight = ww, bias = bb}) end, {x, w, b}, 1e-9, "group_norm")
+  both(function(t, ww, bb) return F.layer_norm(t, {4, 6}) end, {x, w, b}, 1e-9, "layer_norm")
+  both(function(t, u) return medlua.cat({t, u}, 1) end, {x, x * 2}, 1e-12, "cat")
+  -- batch norm in training updates the running statistics like the CPU
+  local rm_c, rv_c = medlua.zeros({5}, {dtype = "float64"}), medlua.ones({5}, {dtype = "float64"})
+  local rm_d, rv_d = rm_c:cuda(), rv_c:cuda()
+  local yc = F.batch_norm(x, rm_c, rv_c, {weight = w, bias = b, training = true, momentum = 0.1})
+  local yd = F.batch_norm(x:cuda(), rm_d, rv_d, {weight = w:cuda(), bias = b:cuda(), training = true, momentum = 0.1})
+  close(yd:cpu(), yc, 1e-9, 1e-9, "batch_norm train")
+  close(rm_d:cpu(), rm_c, 1e-9, 1e-12, "running_mean")
+  close(rv_d:cpu(), rv_c, 1e-9, 1e-12, "running_var")
+  local ye = F.batch_norm(x:cuda(), rm_d, rv_d, {weight = w:cuda(), bias = b:cuda(), training = false})
+  close(ye:cpu(), F.batch_norm(x, rm_c, rv_c, {weight = w, bias = b, training = false}), 1e-9, 1e-9, "batch_norm eval")
+  -- dropout: a different mask source than the CPU kernel; check its statistics and scaling
+  local ones = medlua.ones({200, 100}):cuda()
+  local dr = F.dropout(ones, {p = 0.3, training = true}):cpu()
+  local kept = dr:gt(0):float():mean():item()
+  T.ok(math.abs(kept - 0.7) < 0.02, "dropout keeps ~70%: " .. kept)
+  T.ok(math.abs(dr:amax():item() - 1 / 0.7) < 1e-5, "kept values are scaled by 1/(1-p)")
+end)
+
 T.case("ops without a device path are refused by name; devices do not mix", function()
   local d = medlua.randn({2, 3, 8, 8}):cuda()
   T.raises(function() F.max_pool2d(d, 2) end, "not implemented for cuda:0 tensors yet")
   T.raises(function() d:index_select(0, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
-  T.raises(function() medlua.cat({d, d}) end, "not implemented for cuda")
+  T.raises(function() d:cumsum(1) end, "not implemented for cuda")
   T.raises(function() d:var() end, "not implemented for cuda")
   T.raises(function() local _ = d + medlua.randn({2, 3, 8, 8}) end, "one device")
   T.raises(function() d:matmul(medlua.randn({8, 2})) end, "cuda:0")

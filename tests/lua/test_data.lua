@@ -355,7 +355,10 @@ end)
 
 T.case("RandGaussianNoised: mean and std of the noise, same noise on every key, sample_std", function()
   local z = medlua.zeros(1, 40, 40, 40)
-  local o = X.RandGaussianNoised{keys = {"a", "b"}, prob = 1, mean = 0.25, std = 0.5, sample_std = false}{a = z, b = z}
+  -- seeded: 64000 samples put the sample mean within 0.005 of 0.25 only ~99% of the time
+  local tn = X.RandGaussianNoised{keys = {"a", "b"}, prob = 1, mean = 0.25, std = 0.5, sample_std = false}
+  tn:set_random_state(5)
+  local o = tn{a = z, b = z}
   local n = o.a:double()
   T.near(n:mean():item(), 0.25, 0.005)
   T.near(n:std():item(), 0.5, 0.005)

@@ -1,0 +1,18 @@
+/* Device-agnostic compositions of nn ops from core tensor ops (see ml_nn_composite.c): the CUDA path
+ * of ops without a device kernel yet. Arguments as the ops in ml_nn.h, already checked by them. */
+#ifndef ML_NN_COMPOSITE_H
+#define ML_NN_COMPOSITE_H
+
+#include "../tensor/ml_tensor.h"
+
+enum { ML_NORM_BATCH = 0, ML_NORM_INSTANCE = 1, ML_NORM_GROUP = 2 };
+
+ml_err ml_softmax_composite(ml_tensor **out, ml_tensor *x, int dim, bool log);
+ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t groups, ml_tensor *running_mean,
+                         ml_tensor *running_var, ml_tensor *weight, ml_tensor *bias, bool training, double momentum,
+                         double eps, ml_tensor *prelu_weight);
+ml_err ml_layer_norm_composite(ml_tensor **out, ml_tensor *x, int nnorm, ml_tensor *weight, ml_tensor *bias,
+                               double eps);
+ml_err ml_dropout_composite(ml_tensor **out, ml_tensor *x, double p);
+
+#endif
