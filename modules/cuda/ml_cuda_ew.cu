@@ -26,7 +26,7 @@ namespace {
         typedef T in_t;                                                                             \
         typedef EWK_OUT_##ob out_t;                                                                 \
         static constexpr int arity = ar;                                                            \
-        static __device__ __forceinline__ out_t ap(T x, T y, T z, T p0, T p1) {                     \
+        static __host__ __device__ __forceinline__ out_t ap(T x, T y, T z, T p0, T p1) {            \
             (void)x;                                                                                \
             (void)y;                                                                                \
             (void)z;                                                                                \

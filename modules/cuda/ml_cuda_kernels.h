@@ -182,14 +182,12 @@ static inline bool mlk_space_linear(const mlk_space *s, int k) {
 
 /* offsets of element i for NOPS operands; 32-bit index arithmetic when n < 2^32 */
 template <int NOPS>
-__device__ __forceinline__ void mlk_unravel(const mlk_space &s, int64_t i, int64_t *o) {
-#pragma unroll
+MLK_HD void mlk_unravel(const mlk_space &s, int64_t i, int64_t *o) {
     for (int k = 0; k < NOPS; k++) o[k] = s.off[k];
     if (s.n <= (int64_t)UINT32_MAX) {
         uint32_t r = (uint32_t)i;
         for (int d = s.ndim - 1; d >= 0; d--) {
             uint32_t sz = (uint32_t)s.shape[d], q = r / sz, j = r - q * sz;
-#pragma unroll
             for (int k = 0; k < NOPS; k++) o[k] += (int64_t)j * s.st[k][d];
             r = q;
         }
@@ -197,7 +195,6 @@ __device__ __forceinline__ void mlk_unravel(const mlk_space &s, int64_t i, int64
         int64_t r = i;
         for (int d = s.ndim - 1; d >= 0; d--) {
             int64_t q = r / s.shape[d], j = r - q * s.shape[d];
-#pragma unroll
             for (int k = 0; k < NOPS; k++) o[k] += j * s.st[k][d];
             r = q;
         }

@@ -46,14 +46,14 @@ struct acc {
 };
 
 template <int DT>
-__device__ __forceinline__ double ld(const char *base, int64_t i) {
+MLK_HD double ld(const char *base, int64_t i) {
     if constexpr (DT == ML_F32) return (double)((const float *)base)[i];
     else if constexpr (DT == ML_F64) return ((const double *)base)[i];
     else if constexpr (DT == ML_BF16) return (double)mlk_bf16_to_f32(((const uint16_t *)base)[i]);
     else return (double)mlk_f16_to_f32(((const uint16_t *)base)[i]);
 }
 
-__device__ __forceinline__ acc acc_init(int kind) {
+MLK_HD acc acc_init(int kind) {
     acc a;
     a.v = kind == R_PROD ? 1.0 : kind == R_MAX ? -INFINITY : kind == R_MIN ? INFINITY : 0.0;
     a.i = -1;
@@ -61,7 +61,7 @@ __device__ __forceinline__ acc acc_init(int kind) {
 }
 
 /* is candidate c better than the current best b? (max/min; first occurrence, first NaN wins) */
-__device__ __forceinline__ bool better(bool mx, const acc &c, const acc &b) {
+MLK_HD bool better(bool mx, const acc &c, const acc &b) {
     if (c.i < 0) return false;
     if (b.i < 0) return true;
     bool bn = b.v != b.v, cn = c.v != c.v;
@@ -72,7 +72,7 @@ __device__ __forceinline__ bool better(bool mx, const acc &c, const acc &b) {
 }
 
 /* a := a (+) b */
-__device__ __forceinline__ void combine(int kind, acc &a, const acc &b) {
+MLK_HD void combine(int kind, acc &a, const acc &b) {
     switch (kind) {
     case R_SUM: a.v += b.v; break;
     case R_PROD: a.v *= b.v; break;
@@ -83,7 +83,7 @@ __device__ __forceinline__ void combine(int kind, acc &a, const acc &b) {
 }
 
 /* element x at reduced index r, r increasing within a thread */
-__device__ __forceinline__ void update(int kind, acc &a, double x, int64_t r) {
+MLK_HD void update(int kind, acc &a, double x, int64_t r) {
     switch (kind) {
     case R_SUM: a.v += x; break;
     case R_PROD: a.v *= x; break;
@@ -96,7 +96,7 @@ __device__ __forceinline__ void update(int kind, acc &a, double x, int64_t r) {
     }
 }
 
-__device__ __forceinline__ void kept_offsets(const red_args &a, int64_t o, int64_t *oin, int64_t *oout, int64_t *oidx) {
+MLK_HD void kept_offsets(const red_args &a, int64_t o, int64_t *oin, int64_t *oout, int64_t *oidx) {
     int64_t in = 0, out = 0, ix = 0;
     for (int d = a.nk - 1; d >= 0; d--) {
         int64_t q = o / a.kshape[d], j = o - q * a.kshape[d];
@@ -110,7 +110,7 @@ __device__ __forceinline__ void kept_offsets(const red_args &a, int64_t o, int64
     *oidx = ix;
 }
 
-__device__ __forceinline__ int64_t red_offset(const red_args &a, int64_t r) {
+MLK_HD int64_t red_offset(const red_args &a, int64_t r) {
     int64_t off = 0;
     for (int d = a.nr - 1; d >= 0; d--) {
         int64_t q = r / a.rshape[d];
