@@ -55,26 +55,6 @@ static const unsigned char iop_boolout[ML_NIOPS] = {
 #undef X_
 };
 
-/* ------------------------------------------------------------ math helpers */
-static inline float ml_gelu_tanh_df(float x) {
-    const float k = 0.79788456080286535588f, c = 0.044715f;
-    float t = tanhf(k * (x + c * x * x * x));
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
-}
-static inline double ml_gelu_tanh_d(double x) {
-    const double k = 0.79788456080286535588, c = 0.044715;
-    double t = tanh(k * (x + c * x * x * x));
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * c * x * x);
-}
-static inline float ml_silu_df(float x) {
-    float s = 1.0f / (1.0f + expf(-x));
-    return s * (1.0f + x * (1.0f - s));
-}
-static inline double ml_silu_d(double x) {
-    double s = 1.0 / (1.0 + exp(-x));
-    return s * (1.0 + x * (1.0 - s));
-}
-
 /* ------------------------------------------------------------- float kernels */
 /* One chunk [lo, hi) of the iteration space (see ml_iter.h). BODY runs once per inner run: cnt_
  * elements from the offsets off_[k] with inner strides st_[k]. */

@@ -15,7 +15,7 @@
  * versions of these functions (max error 4 ulp); declaring them "omp declare simd" lets GCC
  * vectorize the f32/f64 kernels without -ffast-math. Define ML_NO_LIBMVEC to opt out. */
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(_OPENMP) && !defined(__FAST_MATH__) && \
-    !defined(ML_NO_LIBMVEC)
+    !defined(ML_NO_LIBMVEC) && !defined(__CUDACC__)
 #if __GLIBC_PREREQ(2, 35)
 #define ML_SIMD_DECL_(T, fn) _Pragma("omp declare simd notinbranch") extern T fn(T);
 #define ML_SIMD_DECL2_(T, fn) _Pragma("omp declare simd notinbranch") extern T fn(T, T);
@@ -34,6 +34,35 @@ ML_SIMD_DECL2_(float, atan2f) ML_SIMD_DECL2_(double, atan2)
 #undef ML_SIMD_DECL2_
 #endif
 #endif
+
+/* ML_HD marks a function the table's expressions call: host code in the C build, host and device
+ * code under nvcc (modules/cuda/ml_cuda_ew.cu compiles ML_IOP_LIST for the GPU). One definition. */
+#ifdef __CUDACC__
+#define ML_HD __host__ __device__
+#else
+#define ML_HD
+#endif
+
+/* Derivatives used by IOP_G_GELU_TANH / IOP_G_SILU through M(ml_gelu_tanh_d) / M(ml_silu_d): the
+ * f suffix is the float version. */
+static inline ML_HD float ml_gelu_tanh_df(float x) {
+    const float k = 0.79788456080286535588f, c = 0.044715f;
+    float t = tanhf(k * (x + c * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+}
+static inline ML_HD double ml_gelu_tanh_d(double x) {
+    const double k = 0.79788456080286535588, c = 0.044715;
+    double t = tanh(k * (x + c * x * x * x));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * c * x * x);
+}
+static inline ML_HD float ml_silu_df(float x) {
+    float s = 1.0f / (1.0f + expf(-x));
+    return s * (1.0f + x * (1.0f - s));
+}
+static inline ML_HD double ml_silu_d(double x) {
+    double s = 1.0 / (1.0 + exp(-x));
+    return s * (1.0 + x * (1.0 - s));
+}
 
 #define ML_IOP_LIST(X)                                                                              \
     /* binary forward */                                                                            \
