@@ -47,6 +47,9 @@
 #define ML_CUDNN_WS_LIMIT ((size_t)1 << 30) /* largest workspace an algorithm may ask for: 1 GiB */
 #define ML_CUDNN_MAX_CAND 8
 #define ML_CUDNN_CACHE_MAX 4096 /* entries; the table is cleared when full */
+#ifndef ML_CUDNN_MAX_ELEMS /* cuDNN's limit on a tensor's elements; a test build may lower it */
+#define ML_CUDNN_MAX_ELEMS ((int64_t)INT_MAX)
+#endif
 
 /* ------------------------------------------------------------------ the library */
 /* Required symbols. The pointer types are those of the cudnn.h prototypes. */
@@ -694,7 +697,8 @@ static ml_err check_desc(int kd, const ml_cuda_conv_desc *d, const callctx *c) {
     for (int i = 1; i < nd; i++)
         if (d->x[i] > INT_MAX || d->w[i] > INT_MAX || d->y[i] > INT_MAX)
             return ml_seterr(ML_ERR_UNSUPPORTED, "%s: a size passes 2^31-1 (%s)", c->name, c->shapes);
-    if (numel(nd - 1, d->x + 1) > INT_MAX || numel(nd - 1, d->y + 1) > INT_MAX || numel(nd, d->w) > INT_MAX)
+    if (numel(nd - 1, d->x + 1) > ML_CUDNN_MAX_ELEMS || numel(nd - 1, d->y + 1) > ML_CUDNN_MAX_ELEMS ||
+        numel(nd, d->w) > ML_CUDNN_MAX_ELEMS)
         return ml_seterr(ML_ERR_UNSUPPORTED,
                          "%s: one sample or the filter has more than 2^31-1 elements, cuDNN's limit (%s)", c->name,
                          c->shapes);
@@ -755,17 +759,22 @@ static ml_err conv_entry(int op, int kd, const ml_cuda_conv_desc *d, void *x, vo
         if (s != CUDNN_STATUS_SUCCESS) {
             L.handle[dev] = NULL;
             e = status_code(s) == ML_ERR_OOM ? ML_ERR_OOM : ML_ERR_DEVICE;
-            e = ml_seterr(e, "%s: cudnnCreate failed: %s (cuDNN %zu, %s)", c.name, status_str(s), L.version,
-                          L.soname);
+            char detail[256] = "";
+            if (L.cudnnGetLastErrorString) {
+                L.cudnnGetLastErrorString(detail, sizeof detail);
+                detail[sizeof detail - 1] = '\0';
+            }
+            e = ml_seterr(e, "%s: cudnnCreate failed: %s%s%s%s (cuDNN %zu, %s)", c.name, status_str(s),
+                          detail[0] ? " [" : "", detail, detail[0] ? "]" : "", L.version, L.soname);
         }
     }
     h = L.handle[dev];
     pthread_mutex_unlock(&g_mu);
 
     if (h) {
-        /* batch chunks of at most INT_MAX elements in x and y (one chunk almost always) */
+        /* batch chunks of at most ML_CUDNN_MAX_ELEMS elements in x and y (one chunk almost always) */
         int64_t sx = numel(nd - 1, d->x + 1), sy = numel(nd - 1, d->y + 1), per = sx > sy ? sx : sy;
-        int64_t chunk = per > 0 ? INT_MAX / per : d->x[0];
+        int64_t chunk = per > 0 ? ML_CUDNN_MAX_ELEMS / per : d->x[0];
         if (chunk < 1) chunk = 1; /* not reached: check_desc bounds one sample */
         if (chunk > d->x[0]) chunk = d->x[0];
         for (int64_t n0 = 0; n0 < d->x[0] && !e; n0 += chunk) {
