@@ -114,16 +114,7 @@ static void store(const ml_cuda_opnd *o, int ndim, const int64_t *shape, int64_t
 #define M_F(fn) fn##f
 #define M_D(fn) fn
 
-static float ml_gelu_tanh_df(float x) {
-    float k = 0.79788456080286535588f, c = 0.044715f, u = k * (x + c * x * x * x), t = tanhf(u);
-    return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * k * (1 + 3 * c * x * x);
-}
-static double ml_gelu_tanh_d(double x) {
-    double k = 0.79788456080286535588, c = 0.044715, u = k * (x + c * x * x * x), t = tanh(u);
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x);
-}
-static float ml_silu_df(float x) { float s = 1 / (1 + expf(-x)); return s * (1 + x * (1 - s)); }
-static double ml_silu_d(double x) { double s = 1 / (1 + exp(-x)); return s * (1 + x * (1 - s)); }
+/* ml_gelu_tanh_d(f) and ml_silu_d(f) come with the expression table (ml_ew_internal.h) */
 
 static float eval_f(int iop, float x, float y, float z, float p0, float p1) {
     (void)y; (void)z; (void)p0; (void)p1;
