@@ -105,6 +105,37 @@ function Module:parameters()
   return out
 end
 
+--- module:to(device) / module:cuda(i) / module:cpu(): every parameter and buffer moved to the device
+--- (parameters stay leaves that require grad; optimizer state made before the move stays where it was,
+--- so move the model first, as in PyTorch). Returns the module.
+function Module:to(device)
+  local moved = {}
+  for _, pm in ipairs(self:named_modules()) do
+    local m = pm[2]
+    for _, list in ipairs({m._params, m._buffers}) do
+      for _, n in ipairs(list) do
+        local t = m[n]
+        -- integer buffers (counters such as num_batches_tracked) stay on the host: integer kernels are
+        -- host-only so far
+        if t and t.device ~= device and (t.dtype == "float32" or t.dtype == "float64" or t.dtype == "float16"
+                                         or t.dtype == "bfloat16") then
+          local d = moved[t]
+          if not d then
+            d = t:detach():to(device)
+            if t.requires_grad then d.requires_grad = true end
+            moved[t] = d
+          end
+          m[n] = d
+        end
+      end
+    end
+  end
+  return self
+end
+
+function Module:cuda(i) return self:to(i and ("cuda:" .. i) or "cuda") end
+function Module:cpu() return self:to("cpu") end
+
 function Module:num_parameters()
   local n = 0
   for _, p in ipairs(self:parameters()) do n = n + p:numel() end

@@ -724,8 +724,26 @@ ml_err ml_linear(ml_tensor **out, ml_tensor *x, ml_tensor *w, ml_tensor *b) {
     const char *op = "linear";
     ml_tensor *ts[3] = {x, w, b};
     static const char *const names[3] = {"input", "weight", "bias"};
-    ml_err e = mld_check_float(op, 3, ts, names);
+    ml_err e = mld_check_float_on(op, 3, ts, names, true);
     if (e) return e;
+    if (ml_tensor_is_cuda(x)) { /* x @ w^T (+ b) from recorded ops: cuBLAS underneath, autograd for the backward */
+        if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])
+            return ml_seterr(ML_ERR_SHAPE, "%s: input %s does not fit weight %s", op, ml_shape_str(x->ndim, x->shape),
+                             ml_shape_str(w->ndim, w->shape));
+        ml_tensor *wt = NULL, *y = NULL;
+        if ((e = ml_transpose(&wt, w, 0, 1)) || (e = ml_matmul(&y, x, wt))) {
+            ml_tensor_release(wt);
+            return e;
+        }
+        ml_tensor_release(wt);
+        if (b) {
+            e = ml_binary(out, ML_ADD, y, b);
+            ml_tensor_release(y);
+            return e;
+        }
+        *out = y;
+        return ML_OK;
+    }
     for (int i = 0; i < 3; i++)
         if (ts[i] && ts[i]->layout && (e = ml_tensor_plain(ts[i]))) return e;
     if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])

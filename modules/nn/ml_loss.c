@@ -186,6 +186,23 @@ static ml_err ew_loss(ml_tensor **out, int kind, ml_tensor *input, ml_tensor *ta
     ml_tensor *a = NULL, *b = NULL, *ac = NULL, *bc = NULL, *y = NULL;
     double *buf = NULL;
     if ((e = align_pair(op, input, target, &a, &b))) return e;
+    if (ml_tensor_is_cuda(a) || ml_tensor_is_cuda(b)) { /* mse / l1 from recorded device ops */
+        ml_tensor *d = NULL, *per = NULL;
+        if (kind == EW_SL1) e = ml_check_cpu(op, a);
+        if (!e) e = ml_binary(&d, ML_SUB, a, b);
+        if (!e) e = kind == EW_MSE ? ml_binary(&per, ML_MUL, d, d) : ml_unary(&per, ML_ABS, d);
+        if (!e) {
+            if (r == ML_REDUCE_NONE) {
+                ml_tensor_retain(per);
+                y = per;
+            } else {
+                e = ml_reduce(&y, r == ML_REDUCE_MEAN ? ML_RMEAN : ML_RSUM, per, 0, NULL, false);
+            }
+        }
+        ml_tensor_release(d);
+        ml_tensor_release(per);
+        goto done;
+    }
     if ((e = nn_contig(&ac, a)) || (e = nn_contig(&bc, b))) goto done;
     ml_dtype dt = (ml_dtype)a->dtype;
     int64_t n = ml_tensor_numel(a);

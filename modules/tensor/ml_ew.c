@@ -1428,6 +1428,41 @@ typedef struct {
         }                                                                                           \
     })
 
+/* The Adam/AdamW update of ADAM_BODY, in the same order, as in-place elementwise ops (for devices: each
+ * op runs the device kernel of the shared expression table) */
+static ml_err adam_device(ml_tensor *p, ml_tensor *grad, ml_tensor *m, ml_tensor *v, double l2, double decay,
+                          double b1, double b2, double step_size, double bc2s, double eps) {
+    ml_tensor *g = NULL, *t = NULL, *d = NULL, *g2 = NULL, *den = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e;
+    if (l2 != 0) {
+        if ((e = ml_binary_scalar(&t, ML_MUL, p, l2, false)) || (e = ml_binary(&g, ML_ADD, grad, t))) goto done;
+    } else {
+        ml_tensor_retain(grad);
+        g = grad;
+    }
+    if (decay != 1 && (e = ml_binary_scalar_(ML_MUL, p, decay))) goto done;
+    if ((e = ml_binary(&d, ML_SUB, g, m)) || (e = ml_binary_scalar_(ML_MUL, d, 1 - b1)) || (e = ml_binary_(ML_ADD, m, d)))
+        goto done;
+    if ((e = ml_binary(&g2, ML_MUL, g, g)) || (e = ml_axpby_(v, b2, g2, 1 - b2))) goto done;
+    if ((e = ml_unary(&den, ML_SQRT, v)) || (e = ml_binary_scalar_(ML_DIV, den, bc2s)) ||
+        (e = ml_binary_scalar_(ML_ADD, den, eps)))
+        goto done;
+    ml_tensor_release(d);
+    d = NULL;
+    if ((e = ml_binary(&d, ML_DIV, m, den)) || (e = ml_binary_scalar_(ML_MUL, d, step_size)) ||
+        (e = ml_binary_(ML_SUB, p, d)))
+        goto done;
+done:
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(g);
+    ml_tensor_release(t);
+    ml_tensor_release(d);
+    ml_tensor_release(g2);
+    ml_tensor_release(den);
+    return e;
+}
+
 ml_err ml_adam_step_(ml_tensor *param, ml_tensor *grad, ml_tensor *exp_avg, ml_tensor *exp_avg_sq, double lr,
                      double beta1, double beta2, double eps, double weight_decay, bool decoupled, int64_t step) {
     ml_err e;
@@ -1448,6 +1483,12 @@ ml_err ml_adam_step_(ml_tensor *param, ml_tensor *grad, ml_tensor *exp_avg, ml_t
             return ml_seterr(ML_ERR_SHAPE, "adam_step_: %s has shape %s but param has shape %s", what[i],
                              ml_shape_str(ts[i]->ndim, ts[i]->shape), ml_shape_str(param->ndim, param->shape));
         if (i != 1 && (e = check_writable("adam_step_", ts[i]))) return e;
+    }
+    if (ml_tensor_is_cuda(param)) {
+        if ((e = ml_check_same_device("adam_step_", 4, ts))) return e;
+        double bc1d = 1 - pow(beta1, (double)step), bc2d = 1 - pow(beta2, (double)step);
+        return adam_device(param, grad, exp_avg, exp_avg_sq, decoupled ? 0 : weight_decay,
+                           decoupled ? 1 - lr * weight_decay : 1, beta1, beta2, lr / bc1d, sqrt(bc2d), eps);
     }
     adam_k k;
     k.l2 = decoupled ? 0 : weight_decay;

@@ -251,6 +251,40 @@ T.case("softmax, log_softmax, norms (+PReLU), layer norm, dropout, cat: values, 
   T.ok(math.abs(dr:amax():item() - 1 / 0.7) < 1e-5, "kept values are scaled by 1/(1-p)")
 end)
 
+T.case("a small conv net trains on the device as on the CPU (module:cuda(), Adam, mse)", function()
+  local nn, optim = require "medlua.nn", require "medlua.optim"
+  local function run(dev)
+    medlua.manual_seed(11)
+    local model = nn.Sequential(nn.Conv2d(2, 4, 3, {padding = 1}), nn.BatchNorm2d(4), nn.ReLU(),
+                                nn.Conv2d(4, 1, 3, {padding = 1}))
+    for _, p in ipairs(model:parameters()) do
+      medlua.no_grad(function() p:copy_(p:double()) end)
+    end
+    model:to(dev)
+    local opt = optim.Adam(model:parameters(), {lr = 1e-2})
+    local x = medlua.randn({2, 2, 8, 8}):to(dev)
+    local target = medlua.randn({2, 1, 8, 8}):to(dev)
+    local losses = {}
+    for i = 1, 4 do
+      opt:zero_grad()
+      local loss = F.mse_loss(model:forward(x), target)
+      loss:backward()
+      opt:step()
+      losses[i] = loss:item()
+    end
+    return losses, model
+  end
+  local lc, mc = run("cpu")
+  local ld, md = run("cuda")
+  for i = 1, #lc do T.ok(math.abs(lc[i] - ld[i]) <= 1e-4 * math.abs(lc[i]) + 1e-6, ("step %d: %g vs %g"):format(i, lc[i], ld[i])) end
+  T.ok(ld[4] < ld[1], "the loss falls on the device")
+  local pc, pd = mc:parameters(), md:parameters()
+  for i = 1, #pc do
+    T.eq(pd[i].device, "cuda:0")
+    close(pd[i]:cpu(), pc[i], 1e-3, 1e-5, "parameter " .. i)
+  end
+end)
+
 T.case("ops without a device path are refused by name; devices do not mix", function()
   local d = medlua.randn({2, 3, 8, 8}):cuda()
   T.raises(function() F.max_pool2d(d, 2) end, "not implemented for cuda:0 tensors yet")
