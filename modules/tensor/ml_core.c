@@ -271,15 +271,22 @@ void ml_flush_caches(void) {
     block_cache_flush();
 }
 
+bool ml_oom_relieve(void) {
+    if (!g_oom_fn || !g_main_set || !pthread_equal(pthread_self(), g_main_thread)) return false;
+    g_oom_fn(g_oom_ud);
+    ml_flush_caches();
+    return true;
+}
+
+void ml_mem_account(ml_device_type d, int64_t n) {
+    if ((unsigned)d < 2 && n) mem_add((int)d, n);
+}
+
 void *ml_alloc_bytes(size_t n) {
     size_t sz = (n + 63) & ~(size_t)63;
     if (sz == 0) sz = 64;
     void *p = raw_alloc(sz);
-    if (!p && g_oom_fn && g_main_set && pthread_equal(pthread_self(), g_main_thread)) {
-        g_oom_fn(g_oom_ud); /* full GC, drop backend caches, then one retry */
-        ml_flush_caches();
-        p = raw_alloc(sz);
-    }
+    if (!p && ml_oom_relieve()) p = raw_alloc(sz); /* full GC, drop backend caches, then one retry */
     if (!p) {
         ml_seterr(ML_ERR_OOM, "out of memory allocating %zu bytes (live %lld bytes)", n,
                   (long long)atomic_load(&g_live[0]));
