@@ -113,7 +113,7 @@ static void rt_init(void) {
     }
     if (g_rt.cc[0] < ML_CUDA_MIN_CC) {
         snprintf(g_rt.status, sizeof g_rt.status,
-                 "cuda:0 (%s) is sm_%d; this build's kernels need sm_%d or newer", g_rt.name[0], g_rt.cc[0],
+                 "cuda:0 (%.200s) is sm_%d; this build's kernels need sm_%d or newer", g_rt.name[0], g_rt.cc[0],
                  ML_CUDA_MIN_CC);
         return;
     }
