@@ -91,7 +91,6 @@ else
 endif
 CONFIG_STAMP := $(BUILD)/config.stamp
 CONFIG_LINE := CUDA=$(CUDA) NVCC=$(NVCC) CUDA_HOME=$(CUDA_HOME) GENCODE=$(NVCC_GENCODE)
-$(shell mkdir -p $(BUILD) && { [ "$$(cat $(CONFIG_STAMP) 2>/dev/null)" = "$(CONFIG_LINE)" ] || echo "$(CONFIG_LINE)" > $(CONFIG_STAMP); })
 CXX_SRC := $(wildcard modules/*/*.cpp)
 BIND_SRC := $(wildcard modules/*/*_lua.c)
 HOST_SRC := $(wildcard host/*.c)
@@ -103,7 +102,7 @@ HEADERS := $(wildcard modules/*/*.h)
 CTEST_SRC := $(wildcard tests/c/test_*.c)
 CTEST_BIN := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-c test-lua test-gpu bench clean install fuzz
+.PHONY: all deps run test test-c test-lua test-gpu bench clean install fuzz FORCE
 all: $(BUILD)/medlua
 
 # Install missing Debian packages (root on CI; otherwise sudo if present).
@@ -128,6 +127,11 @@ $(BUILD)/obj/%.cu.o: %.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 $(CUDA_ONLY_SRC:%.c=$(BUILD)/obj/%.o): CFLAGS += -I$(CUDA_HOME)/include
+
+# Rewritten only when the configuration changed, so only then does it make the library newer.
+$(CONFIG_STAMP): FORCE
+	@mkdir -p $(dir $@); [ "$$(cat $@ 2>/dev/null)" = "$(CONFIG_LINE)" ] || echo "$(CONFIG_LINE)" > $@
+FORCE:
 
 $(BUILD)/libmedlua.a: $(CORE_OBJ) $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
