@@ -9,6 +9,7 @@
 #include "cuda/ml_cuda_alloc.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 /* The kernels live in ml_cuda_stub.c (CUDA=0) or in the kernel files (CUDA=1, tested elsewhere); weak
@@ -124,6 +125,31 @@ ML_TEST(stub_kernels) {
     ML_CHECK(!ml_cuda_tf32());
 }
 
+/* The two core hooks the allocator uses (ml_core.c) */
+static int g_oom_calls;
+static void count_oom(void *ud) { (void)ud; g_oom_calls++; }
+static void *other_thread(void *ud) { *(bool *)ud = ml_oom_relieve(); return NULL; }
+
+ML_TEST(core_hooks) {
+    int64_t live = ml_mem_live(ML_CUDA), peak = ml_mem_peak(ML_CUDA);
+    ml_mem_account(ML_CUDA, 1 << 20);
+    ML_CHECK(ml_mem_live(ML_CUDA) == live + (1 << 20));
+    ML_CHECK(ml_mem_peak(ML_CUDA) >= live + (1 << 20) && ml_mem_peak(ML_CUDA) >= peak);
+    ml_mem_account(ML_CUDA, -(1 << 20));
+    ML_CHECK(ml_mem_live(ML_CUDA) == live);
+    ML_CHECK(ml_mem_live(ML_CPU) >= 0);
+    ML_CHECK(!ml_oom_relieve()); /* no handler yet */
+    ml_mark_main_thread();
+    ml_set_oom_handler(count_oom, NULL);
+    ML_CHECK(ml_oom_relieve() && g_oom_calls == 1);
+    bool ran = true;
+    pthread_t th;
+    ML_CHECK(pthread_create(&th, NULL, other_thread, &ran) == 0);
+    pthread_join(th, NULL);
+    ML_CHECK(!ran && g_oom_calls == 1); /* only on the main thread, as for CPU allocations */
+    ml_set_oom_handler(NULL, NULL);
+}
+
 /* --------------------------------------------------------- with a GPU */
 ML_TEST(gpu_devices) {
     if (!ml_cuda_available()) return;
@@ -200,6 +226,7 @@ int main(int argc, char **argv) {
     ML_RUN(status_consistent);
     ML_RUN(unavailable_fails_cleanly);
     ML_RUN(stub_kernels);
+    ML_RUN(core_hooks);
     ML_RUN(gpu_devices);
     ML_RUN(gpu_roundtrip);
     return ml_test_summary();
