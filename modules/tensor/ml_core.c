@@ -272,15 +272,22 @@ void ml_flush_caches(void) {
     block_cache_flush();
 }
 
+bool ml_oom_relieve(void) {
+    if (!g_oom_fn || !g_main_set || !pthread_equal(pthread_self(), g_main_thread)) return false;
+    g_oom_fn(g_oom_ud);
+    ml_flush_caches();
+    return true;
+}
+
+void ml_mem_account(ml_device_type d, int64_t n) {
+    if ((unsigned)d < 2 && n) mem_add((int)d, n);
+}
+
 void *ml_alloc_bytes(size_t n) {
     size_t sz = (n + 63) & ~(size_t)63;
     if (sz == 0) sz = 64;
     void *p = raw_alloc(sz);
-    if (!p && g_oom_fn && g_main_set && pthread_equal(pthread_self(), g_main_thread)) {
-        g_oom_fn(g_oom_ud); /* full GC, drop backend caches, then one retry */
-        ml_flush_caches();
-        p = raw_alloc(sz);
-    }
+    if (!p && ml_oom_relieve()) p = raw_alloc(sz); /* full GC, drop backend caches, then one retry */
     if (!p) {
         ml_seterr(ML_ERR_OOM, "out of memory allocating %zu bytes (live %lld bytes)", n,
                   (long long)atomic_load(&g_live[0]));
@@ -303,12 +310,8 @@ ml_storage *ml_storage_new(size_t nbytes, ml_device dev) {
     }
     ml_storage *s = calloc(1, sizeof *s);
     if (!s) { ml_seterr(ML_ERR_OOM, "out of memory (storage header)"); return NULL; }
-    if (dev.type == ML_CUDA) { /* device bytes are counted here; the CPU allocator counts its own */
-        s->data = ml_cuda_malloc(nbytes, dev.index);
-        if (s->data) mem_add(ML_CUDA, (int64_t)nbytes);
-    } else {
-        s->data = ml_alloc_bytes(nbytes);
-    }
+    /* each allocator counts its live bytes (ml_mem_account) */
+    s->data = dev.type == ML_CUDA ? ml_cuda_malloc(nbytes, dev.index) : ml_alloc_bytes(nbytes);
     if (!s->data) { free(s); return NULL; }
     s->nbytes = nbytes;
     s->refcount = 1;
@@ -321,10 +324,7 @@ void ml_storage_retain(ml_storage *s) { if (s) __atomic_add_fetch(&s->refcount, 
 void ml_storage_release(ml_storage *s) {
     if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
     if (s->free_fn) s->free_fn(s);
-    else if (s->device.type == ML_CUDA) {
-        ml_cuda_free(s->data, s->device.index);
-        mem_add(ML_CUDA, -(int64_t)s->nbytes);
-    }
+    else if (s->device.type == ML_CUDA) ml_cuda_free(s->data, s->device.index);
     else ml_free_bytes(s->data, s->nbytes);
     free(s);
 }

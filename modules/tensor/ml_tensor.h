@@ -122,6 +122,13 @@ int64_t ml_tensor_live_count(void);  /* number of live ml_tensor structs (leak t
 /* Called (on the main thread only) when an allocation fails, before one retry: full GC. */
 void ml_set_oom_handler(void (*fn)(void *ud), void *ud);
 void ml_mark_main_thread(void);
+/* For allocators outside the core (the CUDA caching allocator): the step ml_alloc_bytes takes before
+ * its one retry. On the main thread with a handler set: runs the handler (full GC) and
+ * ml_flush_caches(), returns true; otherwise does nothing and returns false. */
+bool ml_oom_relieve(void);
+/* Adds n (negative: frees) to the live bytes of a device type, as ml_alloc_bytes/ml_free_bytes do
+ * for the CPU; updates the peak and the GC pressure count. */
+void ml_mem_account(ml_device_type dev, int64_t n);
 
 /* Backends register functions that drop their caches (primitive caches, scratch pools). They run on
  * ml_flush_caches() (medlua.empty_cache()) and before the retry of a failed allocation. */

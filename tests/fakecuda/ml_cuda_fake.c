@@ -51,6 +51,7 @@ void *ml_cuda_malloc(size_t nbytes, int dev) {
         return NULL;
     }
     p[0] = nbytes;
+    ml_mem_account(ML_CUDA, (int64_t)nbytes);
     g_live[dev] += nbytes;
     if (g_live[dev] > g_peak[dev]) g_peak[dev] = g_live[dev];
     g_allocs[dev]++;
@@ -61,6 +62,7 @@ void ml_cuda_free(void *p, int dev) {
     if (!p) return;
     size_t *h = (size_t *)((char *)host(p) - 64);
     if (dev >= 0 && dev < FAKE_DEVICES) g_live[dev] -= h[0];
+    ml_mem_account(ML_CUDA, -(int64_t)h[0]);
     free(h);
 }
 
