@@ -696,14 +696,32 @@ static void scan_one(dfile *df, bool single) {
     df->status = F_IMAGE;
 }
 
-static int nthreads_for(int64_t n) {
+/* Threads this read may use: medlua.threads(n) (ml_num_threads), fewer where the calling thread's
+ * OpenMP setting says so (a data-loader worker runs its kernels single-threaded), 1 inside an active
+ * parallel region. */
+static int thread_budget(void) {
 #ifdef _OPENMP
-    int t = omp_get_max_threads();
-    return (int)(n < t ? (n > 0 ? n : 1) : t);
+    if (omp_in_parallel() || omp_get_max_active_levels() < 1) return 1;
+    int t = omp_get_max_threads(), g = ml_num_threads();
+    if (g < t) t = g;
+    return t > 1 ? t : 1;
 #else
-    (void)n;
     return 1;
 #endif
+}
+
+static int nthreads_for(int64_t n) {
+    int t = thread_budget();
+    return (int)(n < t ? (n > 0 ? n : 1) : t);
+}
+
+/* OpenJPEG threads for each JPEG 2000 frame when nframes frames are decoded in parallel: the
+ * threads left over, when the frames are fewer than the budget (one large X-ray, a 3-slice series on
+ * 16 cores); 1 otherwise (frames in parallel use every core with no pool to start). */
+static int j2k_inner_threads(int64_t nframes) {
+    int t = thread_budget();
+    if (nframes < 1) nframes = 1;
+    return nframes >= t ? 1 : (int)(t / nframes);
 }
 
 static void scan_all(dfile *fs, int64_t n, bool single) {
@@ -1028,6 +1046,7 @@ typedef struct {
     char *dst;              /* frames of npx elements (float32 or int32) */
     int64_t npx;
     bool native;
+    int j2k_threads; /* OpenJPEG threads per frame (j2k_inner_threads) */
 } decode_ctx;
 
 static void frame_what(char *buf, size_t n, const dfile *df, int32_t frame) {
@@ -1069,7 +1088,7 @@ static bool decode_mosaic(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *
         } else {
             char what[300];
             frame_what(what, sizeof what, df, 0);
-            ml_err e = ml_j2k_decode(bs, bl, h->cols, h->rows, h->pixel_rep, full, what);
+            ml_err e = ml_j2k_decode_mt(bs, bl, h->cols, h->rows, h->pixel_rep, full, cx->j2k_threads, what);
             if (e) {
                 df->code = e;
                 snprintf(df->err, sizeof df->err, "%s", ml_errmsg());
@@ -1137,7 +1156,7 @@ static bool decode_file(dfile *df, int64_t s0, int64_t cnt, const decode_ctx *cx
             }
             char what[300];
             frame_what(what, sizeof what, df, s->frame);
-            ml_err e = ml_j2k_decode(bs, bl, h->cols, h->rows, h->pixel_rep, tmp, what);
+            ml_err e = ml_j2k_decode_mt(bs, bl, h->cols, h->rows, h->pixel_rep, tmp, cx->j2k_threads, what);
             free(bs);
             if (e) {
                 df->code = e;
@@ -1362,6 +1381,124 @@ static ml_err build_slices(dfile *fs, const int64_t *sel, int64_t nsel, ml_dcm_s
 
 static bool str_is(const char *a, const char *b) { return a && b && !strcmp(a, b); }
 
+/* The first file (in series order) whose decoding failed, as the error to raise (ML_OK if none). */
+static ml_err first_file_error(const dfile *fs, const int64_t *sel, int64_t nsel) {
+    for (int64_t i = 0; i < nsel; i++) {
+        const dfile *df = &fs[sel[i]];
+        if (df->code) {
+            if (!strncmp(df->err, "dicom: ", 7)) return ml_seterr(df->code, "%s", df->err);
+            return ml_seterr(df->code, "dicom: %s: %s", df->path, df->err);
+        }
+    }
+    return ML_OK;
+}
+
+/* Decode frame by frame rather than file by file: every selected file is JPEG 2000 (not a mosaic),
+ * and the files are fewer than the threads while the frames are more. */
+static bool j2k_frame_parallel(const dfile *fs, const int64_t *sel, int64_t nsel, int64_t nsl) {
+    int t = thread_budget();
+    if (t < 2 || nsel >= t || nsl <= nsel) return false;
+    for (int64_t i = 0; i < nsel; i++)
+        if (fs[sel[i]].h.ts_class != ML_DCM_TS_J2K || fs[sel[i]].mosaic_n > 0) return false;
+    return true;
+}
+
+/* Every frame of the selected JPEG 2000 files, decoded in parallel: the compressed frames are taken
+ * out of the files first (DCMTK, files in parallel, each on its own handle), then decoded on all
+ * threads, each frame with its own OpenJPEG codec. An error of any frame stops the others from
+ * starting; the first one in slice order is returned, naming the file and frame. */
+static ml_err decode_j2k_frames(dfile *fs, const int64_t *sel, int64_t nsel, int64_t nsl, const decode_ctx *cx) {
+    uint8_t **bsv = calloc((size_t)nsl, sizeof *bsv);
+    size_t *blv = calloc((size_t)nsl, sizeof *blv);
+    char(*ferr)[320] = calloc((size_t)nsl, sizeof *ferr);
+    ml_err *fcode = calloc((size_t)nsl, sizeof *fcode);
+    ml_err e = ML_OK;
+    atomic_int failed = 0;
+    if (!bsv || !blv || !ferr || !fcode) {
+        e = ml_seterr(ML_ERR_OOM, "dicom: out of memory");
+        goto done;
+    }
+    {
+        int nth = nthreads_for(nsel);
+        (void)nth;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+        for (int64_t i = 0; i < nsel; i++) {
+            dfile *df = &fs[sel[i]];
+            char err[256];
+            df->code = ML_OK;
+            if (atomic_load(&failed)) continue;
+            int rc = df->f ? 0 : ml_dcm_open(df->path, &df->f, err, sizeof err);
+            if (rc) {
+                df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
+                snprintf(df->err, sizeof df->err, "cannot re-open: %s", err);
+                atomic_store(&failed, 1);
+                continue;
+            }
+            for (int64_t q = 0; q < images_of(df); q++) {
+                int64_t si = df->slice0 + q;
+                rc = ml_dcm_frame_bitstream(df->f, (uint32_t)cx->sl[si].frame, (uint32_t)df->h.frames, &bsv[si],
+                                            &blv[si], err, sizeof err);
+                if (rc) {
+                    df->code = rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO;
+                    snprintf(df->err, sizeof df->err, "frame %d: %s", (int)cx->sl[si].frame, err);
+                    atomic_store(&failed, 1);
+                    break;
+                }
+            }
+            ml_dcm_close(df->f);
+            df->f = NULL;
+        }
+    }
+    if (atomic_load(&failed)) {
+        e = first_file_error(fs, sel, nsel);
+        if (!e) e = ml_seterr(ML_ERR_IO, "dicom: decoding failed");
+        goto done;
+    }
+    {
+        int nth = nthreads_for(nsl);
+        (void)nth;
+        int64_t npx = cx->npx;
+#pragma omp parallel num_threads(nth)
+        {
+            int32_t *tmp = malloc((size_t)npx * sizeof *tmp);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t si = 0; si < nsl; si++) {
+                if (atomic_load(&failed)) continue;
+                const dfile *df = &fs[sel[cx->sl[si].file]];
+                if (!tmp) {
+                    fcode[si] = ML_ERR_OOM;
+                    snprintf(ferr[si], sizeof ferr[si], "dicom: %s: out of memory", df->path);
+                    atomic_store(&failed, 1);
+                    continue;
+                }
+                char what[300];
+                frame_what(what, sizeof what, df, cx->sl[si].frame);
+                ml_err fe = ml_j2k_decode_mt(bsv[si], blv[si], df->h.cols, df->h.rows, df->h.pixel_rep, tmp,
+                                             cx->j2k_threads, what);
+                free(bsv[si]);
+                bsv[si] = NULL;
+                if (fe) {
+                    fcode[si] = fe;
+                    snprintf(ferr[si], sizeof ferr[si], "%s", ml_errmsg());
+                    atomic_store(&failed, 1);
+                    continue;
+                }
+                convert_i32(tmp, npx, cx->native, cx->slope[si], cx->icpt[si],
+                            cx->dst + (size_t)cx->slot[si] * (size_t)npx * sizeof(float));
+            }
+            free(tmp);
+        }
+    }
+    for (int64_t si = 0; si < nsl && !e; si++)
+        if (fcode[si]) e = ml_seterr(fcode[si], "%s", ferr[si]);
+    if (!e && atomic_load(&failed)) e = ml_seterr(ML_ERR_IO, "dicom: decoding failed");
+done:
+    if (bsv)
+        for (int64_t si = 0; si < nsl; si++) free(bsv[si]);
+    free(bsv), free(blv), free(ferr), free(fcode);
+    return e;
+}
+
 ml_err ml_dicom_read(ml_volume **out, const char *path, const ml_dicom_read_opts *opts) {
     *out = NULL;
     ml_dicom_read_opts dflt;
@@ -1452,7 +1589,7 @@ ml_err ml_dicom_read(ml_volume **out, const char *path, const ml_dicom_read_opts
         goto done;
     }
     for (int64_t q = 0; q < nz_in * nt; q++) slot[plan.stack[q]] = q;
-    decode_ctx cx = {sl, slope, icpt, slot, NULL, npx, false};
+    decode_ctx cx = {sl, slope, icpt, slot, NULL, npx, false, 1};
     if (plan.resample) {
         stackbuf = malloc((size_t)(nz_in * nt) * (size_t)npx * sizeof(float));
         if (!stackbuf) {
@@ -1467,93 +1604,30 @@ ml_err ml_dicom_read(ml_volume **out, const char *path, const ml_dicom_read_opts
         cx.dst = ml_tensor_data(t);
         cx.native = opts->native;
     }
-    /* ---- decode: files in parallel; one multi-frame JPEG 2000 file: frames in parallel */
-    atomic_int failed = 0;
-    if (nsel == 1 && fs[sel[0]].h.frames > 1 && fs[sel[0]].mosaic_n == 0 && fs[sel[0]].h.ts_class == ML_DCM_TS_J2K) {
-        dfile *df = &fs[sel[0]];
-        int64_t nf = df->h.frames;
-        uint8_t **bsv = calloc((size_t)nf, sizeof *bsv);
-        size_t *blv = calloc((size_t)nf, sizeof *blv);
-        char (*ferr)[320] = calloc((size_t)nf, sizeof *ferr);
-        ml_err *fcode = calloc((size_t)nf, sizeof *fcode);
-        if (!bsv || !blv || !ferr || !fcode) {
-            free(bsv), free(blv), free(ferr), free(fcode);
-            e = ml_seterr(ML_ERR_OOM, "dicom: out of memory");
-            goto done;
-        }
-        char err[256];
-        if (!df->f) {
-            if (ml_dcm_open(df->path, &df->f, err, sizeof err)) {
-                e = ml_seterr(ML_ERR_IO, "dicom: %s: cannot re-open: %s", df->path, err);
-                free(bsv), free(blv), free(ferr), free(fcode);
-                goto done;
-            }
-        }
-        for (int64_t q = 0; q < nf && !e; q++) {
-            const ml_dcm_slice *s = &sl[df->slice0 + q];
-            int rc = ml_dcm_frame_bitstream(df->f, (uint32_t)s->frame, (uint32_t)nf, &bsv[q], &blv[q], err, sizeof err);
-            if (rc) e = ml_seterr(rc == ML_DCM_EOOM ? ML_ERR_OOM : ML_ERR_IO, "dicom: %s: frame %d: %s", df->path,
-                                  (int)s->frame, err);
-        }
-        if (!e) {
-            int nth = nthreads_for(nf);
-            (void)nth;
-#pragma omp parallel num_threads(nth)
-            {
-                int32_t *tmp = malloc((size_t)npx * sizeof *tmp);
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t q = 0; q < nf; q++) {
-                    if (atomic_load(&failed)) continue;
-                    if (!tmp) {
-                        fcode[q] = ML_ERR_OOM;
-                        snprintf(ferr[q], sizeof ferr[q], "dicom: %s: out of memory", df->path);
-                        atomic_store(&failed, 1);
-                        continue;
-                    }
-                    int64_t si = df->slice0 + q;
-                    char what[300];
-                    frame_what(what, sizeof what, df, sl[si].frame);
-                    ml_err fe = ml_j2k_decode(bsv[q], blv[q], df->h.cols, df->h.rows, df->h.pixel_rep, tmp, what);
-                    if (fe) {
-                        fcode[q] = fe;
-                        snprintf(ferr[q], sizeof ferr[q], "%s", ml_errmsg());
-                        atomic_store(&failed, 1);
-                        continue;
-                    }
-                    convert_i32(tmp, npx, cx.native, slope[si], icpt[si], cx.dst + (size_t)slot[si] * (size_t)npx * 4);
-                }
-                free(tmp);
-            }
-            for (int64_t q = 0; q < nf; q++)
-                if (fcode[q]) {
-                    e = ml_seterr(fcode[q], "%s", ferr[q]);
-                    break;
-                }
-        }
-        for (int64_t q = 0; q < nf; q++) free(bsv[q]);
-        free(bsv), free(blv), free(ferr), free(fcode);
-        if (e) goto done;
+    /* ---- decode: files in parallel; JPEG 2000 files fewer than the threads but with more frames (one
+     * multi-frame file): frames in parallel; frames fewer than the threads: OpenJPEG's threads too */
+    {
+        int64_t nframes = 0; /* frames to decode (a mosaic is one frame) */
+        for (int64_t i = 0; i < nsel; i++) nframes += fs[sel[i]].mosaic_n > 0 ? 1 : fs[sel[i]].h.frames;
+        cx.j2k_threads = j2k_inner_threads(nframes);
+    }
+    if (j2k_frame_parallel(fs, sel, nsel, nsl)) {
+        if ((e = decode_j2k_frames(fs, sel, nsel, nsl, &cx))) goto done;
     } else {
+        atomic_int failed = 0;
         int nth = nthreads_for(nsel);
         (void)nth;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
         for (int64_t i = 0; i < nsel; i++) {
-            if (atomic_load(&failed)) continue;
             dfile *df = &fs[sel[i]];
             df->code = ML_OK;
+            if (atomic_load(&failed)) continue;
             if (!decode_file(df, df->slice0, images_of(df), &cx)) atomic_store(&failed, 1);
             ml_dcm_close(df->f);
             df->f = NULL;
         }
         if (atomic_load(&failed)) {
-            for (int64_t i = 0; i < nsel; i++) {
-                dfile *df = &fs[sel[i]];
-                if (df->code) {
-                    if (!strncmp(df->err, "dicom: ", 7)) e = ml_seterr(df->code, "%s", df->err);
-                    else e = ml_seterr(df->code, "dicom: %s: %s", df->path, df->err);
-                    break;
-                }
-            }
+            e = first_file_error(fs, sel, nsel);
             if (!e) e = ml_seterr(ML_ERR_IO, "dicom: %s: decoding failed", path);
             goto done;
         }

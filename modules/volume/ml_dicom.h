@@ -143,5 +143,11 @@ int ml_dicom_csa_numbers(const uint8_t *buf, size_t len, const char *name, doubl
  * the file and frame in messages. */
 ml_err ml_j2k_decode(const uint8_t *data, size_t len, int32_t width, int32_t height, int pixel_rep, int32_t *out,
                      const char *what);
+/* The same, with OpenJPEG's own threads: threads > 1 decodes the code blocks of this one frame on a
+ * pool of that many threads that the codec starts and stops (worth it for frames that are fewer than
+ * the cores); threads <= 1 decodes on the calling thread only, whatever OPJ_NUM_THREADS says.
+ * Thread-safe: each call has its own codec and stream. */
+ml_err ml_j2k_decode_mt(const uint8_t *data, size_t len, int32_t width, int32_t height, int pixel_rep, int32_t *out,
+                        int threads, const char *what);
 
 #endif

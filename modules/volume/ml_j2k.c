@@ -56,6 +56,11 @@ static void on_quiet(const char *msg, void *ud) {
 
 ml_err ml_j2k_decode(const uint8_t *data, size_t len, int32_t width, int32_t height, int pixel_rep, int32_t *out,
                      const char *what) {
+    return ml_j2k_decode_mt(data, len, width, height, pixel_rep, out, 1, what);
+}
+
+ml_err ml_j2k_decode_mt(const uint8_t *data, size_t len, int32_t width, int32_t height, int pixel_rep, int32_t *out,
+                        int threads, const char *what) {
     if (!data || len < 4)
         return ml_seterr(ML_ERR_IO, "%s: JPEG 2000 stream corrupt: %zu bytes is too short for a codestream", what,
                          len);
@@ -92,6 +97,9 @@ ml_err ml_j2k_decode(const uint8_t *data, size_t len, int32_t width, int32_t hei
         goto done;
     }
     opj_decoder_set_strict_mode(codec, OPJ_TRUE); /* a truncated stream is an error, not a blurred image */
+    /* Always set: 0 = no pool (the calling thread only), whatever OPJ_NUM_THREADS says, so that frames
+     * decoded in parallel by the caller do not each start a pool of their own. */
+    opj_codec_set_threads(codec, threads > 1 && opj_has_thread_support() ? threads : 0);
     if (!opj_read_header(st, codec, &img) || !img) {
         e = ml_seterr(ML_ERR_IO, "%s: JPEG 2000 stream corrupt: cannot read the main header (%s)", what,
                       log.msg[0] ? log.msg : "no detail");

@@ -1338,6 +1338,118 @@ ML_TEST(bad_input) {
     free(bj);
 }
 
+/* ====================================================== JPEG 2000 frames decoded in parallel */
+static const char *base_name_of(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* offset of the n-th (0-based) JPEG 2000 codestream (SOC SIZ) in b, or 0 */
+static size_t nth_codestream(const unsigned char *b, size_t n, int which) {
+    for (size_t i = 0; i + 4 < n; i++)
+        if (b[i] == 0xFF && b[i + 1] == 0x4F && b[i + 2] == 0xFF && b[i + 3] == 0x51 && which-- == 0) return i;
+    return 0;
+}
+
+/* Psot of the first tile part after codestream offset soc set far beyond the stream: OpenJPEG fails
+ * while decoding (not while reading the main header) */
+static bool break_tile_part(unsigned char *b, size_t n, size_t soc) {
+    for (size_t i = soc; i + 10 < n; i++)
+        if (b[i] == 0xFF && b[i + 1] == 0x90) {
+            b[i + 6] = 0x7F, b[i + 7] = 0xFF, b[i + 8] = 0xFF, b[i + 9] = 0xFF;
+            return true;
+        }
+    return false;
+}
+
+ML_TEST(j2k_parallel_decode) {
+    int saved = ml_num_threads();
+    /* thread counts: 1 (one thread), 2 (files / frames in parallel), 8 and 32 (more threads than frames:
+     * OpenJPEG's own threads inside each frame) */
+    const int nts[] = {1, 2, 8, 32};
+    const char *emri = "tests/data/dicom/single/emri_small_jpeg_2k_lossless.dcm";
+    ml_volume *ref_ct = NULL, *ref_mf = NULL;
+    ml_set_num_threads(1);
+    ML_CHECK_OK(ml_dicom_read(&ref_ct, "tests/data/dicom/ct_j2k", NULL));
+    ML_CHECK_OK(ml_dicom_read(&ref_mf, emri, NULL));
+    const char *one = "tests/data/dicom/ct_j2k/CT.1.3.12.2.1107.5.1.4.60064.30000022120808113428000016574";
+    ml_volume *ref_one = NULL;
+    ML_CHECK_OK(ml_dicom_read(&ref_one, one, NULL));
+    if (!ref_ct || !ref_mf || !ref_one) goto out;
+    /* the same pixels for every thread count */
+    for (size_t k = 0; k < sizeof nts / sizeof *nts; k++) {
+        ml_set_num_threads(nts[k]);
+        char what[64];
+        ml_volume *v = NULL;
+        snprintf(what, sizeof what, "ct_j2k series, %d threads", nts[k]);
+        ML_CHECK_OK(ml_dicom_read(&v, "tests/data/dicom/ct_j2k", NULL));
+        if (v) expect_same_volume(ref_ct, v, 0, what), ml_volume_release(v), v = NULL;
+        snprintf(what, sizeof what, "10-frame file, %d threads", nts[k]);
+        ML_CHECK_OK(ml_dicom_read(&v, emri, NULL));
+        if (v) expect_same_volume(ref_mf, v, 0, what), ml_volume_release(v), v = NULL;
+        snprintf(what, sizeof what, "one slice, %d threads", nts[k]);
+        ML_CHECK_OK(ml_dicom_read(&v, one, NULL));
+        if (v) expect_same_volume(ref_one, v, 0, what), ml_volume_release(v), v = NULL;
+    }
+    /* a corrupt frame in the middle: one error naming the file (and frame) and the reason, no output;
+     * the leak checker of `make test SAN=1` sees that everything was freed */
+    {
+        size_t nb = 0, nm = 0;
+        unsigned char *b = read_all(one, &nb), *m = read_all(emri, &nm);
+        ML_CHECK(b && m);
+        if (!b || !m) {
+            free(b), free(m);
+            goto out;
+        }
+        size_t soc = nth_codestream(b, nb, 0), soc5 = nth_codestream(m, nm, 5);
+        ML_CHECK(soc > 0 && soc5 > 0 && nth_codestream(m, nm, 9) > 0);
+        char dir[600], bad[700];
+        /* a 3-slice series whose middle slice has a broken tile part (fails inside opj_decode) */
+        snprintf(dir, sizeof dir, "%s", tpath("j2k_mid_tile"));
+        copy_dir("tests/data/dicom/ct_j2k", dir);
+        snprintf(bad, sizeof bad, "%s/%s", dir, base_name_of(one));
+        unsigned char *c = malloc(nb);
+        memcpy(c, b, nb);
+        ML_CHECK(break_tile_part(c, nb, soc));
+        write_all(bad, c, nb);
+        /* the same series with the middle slice's codestream marker gone (fails on the main header) */
+        char dir2[600], bad2[700];
+        snprintf(dir2, sizeof dir2, "%s", tpath("j2k_mid_soc"));
+        copy_dir("tests/data/dicom/ct_j2k", dir2);
+        snprintf(bad2, sizeof bad2, "%s/%s", dir2, base_name_of(one));
+        memcpy(c, b, nb);
+        c[soc] = 0, c[soc + 1] = 0;
+        write_all(bad2, c, nb);
+        free(c);
+        /* the 10-frame file with frame 5 broken, both ways */
+        const char *mf_tile = tpath("emri_frame5_tile.dcm"), *mf_soc = tpath("emri_frame5_soc.dcm");
+        c = malloc(nm);
+        memcpy(c, m, nm);
+        ML_CHECK(break_tile_part(c, nm, soc5));
+        write_all(mf_tile, c, nm);
+        memcpy(c, m, nm);
+        c[soc5] = 0, c[soc5 + 1] = 0;
+        write_all(mf_soc, c, nm);
+        free(c);
+        for (size_t k = 0; k < sizeof nts / sizeof *nts; k++) {
+            ml_set_num_threads(nts[k]);
+            CHECK_READ_FAILS(dir, ML_ERR_IO, bad, "JPEG 2000 stream corrupt: Tile part length");
+            CHECK_READ_FAILS(dir2, ML_ERR_IO, bad2, "JPEG 2000 stream corrupt: no codestream marker");
+            CHECK_READ_FAILS(mf_tile, ML_ERR_IO, "emri_frame5_tile.dcm: frame 5",
+                             "JPEG 2000 stream corrupt: Tile part length");
+            CHECK_READ_FAILS(mf_soc, ML_ERR_IO, "emri_frame5_soc.dcm: frame 5",
+                             "JPEG 2000 stream corrupt: no codestream marker");
+        }
+        free(b);
+        free(m);
+    }
+out:
+    ml_set_num_threads(saved);
+    ml_volume_release(ref_ct);
+    ml_volume_release(ref_mf);
+    ml_volume_release(ref_one);
+}
+
 ML_TEST(j2k_decoder_direct) {
     int32_t out[16];
     const uint8_t junk[] = {0xFF, 0x4F, 0xFF, 0x51, 0x00, 0x29, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF};
@@ -1441,6 +1553,7 @@ int main(void) {
     ML_RUN(edit_tags);
     ML_RUN(bad_input);
     ML_RUN(j2k_decoder_direct);
+    ML_RUN(j2k_parallel_decode);
     ML_RUN(fuzz_regression);
     cJSON_Delete(g_ref);
     rm_tree(g_dir);
