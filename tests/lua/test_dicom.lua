@@ -267,6 +267,31 @@ T.case("bad input: errors name the file and the reason", function()
   T.raises(function() V.read_dicom(p) end, "JPEG 2000 stream corrupt")
 end)
 
+T.case("JPEG 2000 decoded in parallel: same pixels at any medlua.threads, a corrupt middle slice is one clear error", function()
+  local n0 = medlua.threads()
+  medlua.threads(1)
+  local ref = V.read_dicom(CT).data
+  -- the 3-slice series with the middle slice's tile-part length broken (OpenJPEG fails while decoding)
+  local dir = tmp("j2k_mid")
+  assert(os.execute("mkdir -p '" .. dir .. "'"))
+  local names = listdir(CT)
+  table.sort(names)
+  for i, nm in ipairs(names) do
+    local b = read_bytes(CT .. "/" .. nm)
+    if i == 2 then
+      local sot = b:find("\xff\x90", b:find("\xff\x4f\xff\x51", 1, true), true)
+      b = b:sub(1, sot + 5) .. "\x7f\xff\xff\xff" .. b:sub(sot + 10)
+    end
+    write_bytes(dir .. "/" .. nm, b)
+  end
+  for _, n in ipairs {1, 2, 8} do
+    medlua.threads(n)
+    T.ok(V.read_dicom(CT).data:equal(ref), "same pixels at " .. n .. " threads")
+    T.raises(function() V.read_dicom(dir) end, names[2] .. ": JPEG 2000 stream corrupt: Tile part length")
+  end
+  medlua.threads(n0)
+end)
+
 T.case("uneven spacing: warn / resample / error", function()
   local t = medlua.arange(8 * 6 * 6, {dtype = "float32"}):reshape(8, 6, 6)
   local vol = V.new(t, {{-1, 0, 0, 0}, {0, -1, 0, 0}, {0, 0, 2, 0}, {0, 0, 0, 1}})
