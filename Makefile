@@ -140,6 +140,13 @@ $(BUILD)/libmedlua.a: $(CORE_OBJ) $(CONFIG_STAMP)
 $(BUILD)/medlua: $(HOST_OBJ) $(BIND_OBJ) $(BUILD)/libmedlua.a
 	$(CC) $(LDSAN) -o $@ $(HOST_OBJ) $(BIND_OBJ) $(BUILD)/libmedlua.a $(LDLIBS) -Wl,-E
 
+# The host-emulated CUDA device (tests/fakecuda/ml_cuda_fake.c) linked ahead of the library: the same
+# program, whose "device" is host memory at addresses no CPU kernel can read, so make test runs
+# tests/gpu/*.lua in CI through every device path above the kernels (dispatch, gate, transfers, autograd).
+FAKECUDA_OBJ := $(BUILD)/obj/tests/fakecuda/ml_cuda_fake.o
+$(BUILD)/medlua-fakecuda: $(HOST_OBJ) $(BIND_OBJ) $(FAKECUDA_OBJ) $(BUILD)/libmedlua.a
+	$(CC) $(LDSAN) -o $@ $(HOST_OBJ) $(BIND_OBJ) $(FAKECUDA_OBJ) $(BUILD)/libmedlua.a $(LDLIBS) -Wl,-E
+
 $(BUILD)/tests/%: tests/c/%.c tests/c/ml_test.h $(BUILD)/libmedlua.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/c -o $@ $< $(BUILD)/libmedlua.a $(LDLIBS) $(LDSAN)
@@ -148,8 +155,18 @@ run: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BUILD)/medlua recipes/train_unet.lua
 
+# tests/gpu/host_check.cu: the CUDA kernels' shared host+device code (conversions, iteration, the op
+# table, reduction orders) run on the host against the CPU; needs nvcc, no GPU (CUDA=1 builds only)
+ifeq ($(CUDA),1)
+  HOSTCHECK_BIN := $(BUILD)/tests/gpu_host_check
+endif
+$(BUILD)/tests/gpu_host_check: tests/gpu/host_check.cu $(BUILD)/libmedlua.a $(wildcard modules/cuda/*.cu modules/cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 -Imodules -Imodules/tensor -Imodules/cuda -Xcompiler -fopenmp $< -o $@ \
+	  $(BUILD)/libmedlua.a $(filter-out -fopenmp,$(LDLIBS)) -Xcompiler -fopenmp -lgomp
+
 test: deps
-	@$(MAKE) --no-print-directory -j$$(nproc) all $(CTEST_BIN)
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(CTEST_BIN) $(BUILD)/medlua-fakecuda $(HOSTCHECK_BIN)
 	@BUILD=$(BUILD) SAN=$(SAN) bash tests/run_all.sh
 
 # GPU suites: tests/gpu/*.lua run with $(BUILD)/medlua when a usable GPU exists. Whether one does is

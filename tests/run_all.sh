@@ -34,10 +34,21 @@ for t in tests/lua/test_*.lua; do
   [ -f "$t" ] || continue
   run_one "lua/$(basename "$t" .lua)" "$MEDLUA" "$t"
 done
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && [ -x "$BUILD/tests-gpu/run" ]; then
-  run_one gpu "$BUILD/tests-gpu/run"
+# the CUDA kernels' shared host+device code checked on the host (built when nvcc is there)
+[ -x "$BUILD/tests/gpu_host_check" ] && run_one "gpu-host/host_check" "$BUILD/tests/gpu_host_check"
+# tests/gpu: on the host-emulated device always (the device paths above the kernels), and on a real GPU
+# when the program finds one (the kernels themselves, against the CPU)
+if [ -x "$BUILD/medlua-fakecuda" ]; then
+  for t in tests/gpu/test_*.lua; do
+    [ -f "$t" ] && run_one "gpu-emulated/$(basename "$t" .lua)" "$BUILD/medlua-fakecuda" "$t"
+  done
+fi
+if "$MEDLUA" -e 'os.exit(medlua.cuda.available() and 0 or 1)' >/dev/null 2>&1; then
+  for t in tests/gpu/test_*.lua; do
+    [ -f "$t" ] && run_one "gpu/$(basename "$t" .lua)" "$MEDLUA" "$t"
+  done
 else
-  echo "gpu tests: skipped (no GPU on this machine)"
+  echo "gpu tests: skipped ($("$MEDLUA" -e 'io.write(medlua.cuda.status())' 2>/dev/null || echo "no GPU on this machine"))"
 fi
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" = 0 ]
