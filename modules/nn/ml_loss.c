@@ -14,6 +14,7 @@
  * written once for T = float and T = double (this file includes itself with ML_LOSS_GEN defined). */
 #ifndef ML_LOSS_GEN
 #include "ml_nn_util.h"
+#include "ml_nn_composite.h"
 
 #include <math.h>
 
@@ -458,6 +459,25 @@ static ml_err ce_impl(ml_tensor **out, bool nll, ml_tensor *input, ml_tensor *ta
             return ml_seterr(ML_ERR_SHAPE, "%s: weight of shape %s must be [%lld] (one per class, input %s)", op,
                              ml_shape_str(weight->ndim, weight->shape), (long long)p.C,
                              ml_shape_str(input->ndim, input->shape));
+    }
+    if (ml_tensor_is_cuda(input) && !nll) { /* cross entropy from recorded device ops */
+        if ((e = ml_check_same_device(op, 2, (ml_tensor *[]){input, weight}))) return e;
+        if (p.prob) {
+            if ((e = ml_check_same_device(op, 2, (ml_tensor *[]){input, target}))) return e;
+            return ml_cross_entropy_composite(out, input, NULL, target, weight, ignore_index, label_smoothing,
+                                              r == ML_REDUCE_NONE ? 0 : r == ML_REDUCE_MEAN ? 1 : 2);
+        }
+        ml_tensor *th = NULL, *tch = NULL;
+        bool prev = ml_set_grad_enabled(false);
+        e = ml_to_device(&th, target, ml_cpu()); /* class indices are checked and expanded on the host */
+        ml_set_grad_enabled(prev);
+        if (!e) e = class_targets(op, input, th, p.C, ignore_index, &tch);
+        if (!e)
+            e = ml_cross_entropy_composite(out, input, tch, NULL, weight, ignore_index, label_smoothing,
+                                           r == ML_REDUCE_NONE ? 0 : r == ML_REDUCE_MEAN ? 1 : 2);
+        ml_tensor_release(th);
+        ml_tensor_release(tch);
+        return e;
     }
     ml_dtype dt = (ml_dtype)input->dtype;
     ml_tensor *xc = NULL, *tc = NULL, *tw = NULL, *tl = NULL, *y = NULL;

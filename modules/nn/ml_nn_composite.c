@@ -210,3 +210,126 @@ done:
     ml_tensor_release(t);
     return e;
 }
+
+/* [N, C, S...] one-hot (float, x's dtype, on x's device) of host class indices tc [N, S...] (int64,
+ * contiguous, checked); positions with ignore get all zeros. valid (optional): 1/0 per position. */
+static ml_err one_hot_dev(ml_tensor **oh, ml_tensor **valid, const ml_tensor *x, const ml_tensor *tc, int64_t C,
+                          int64_t ignore) {
+    *oh = NULL;
+    if (valid) *valid = NULL;
+    int nd = x->ndim;
+    int64_t N = nd >= 2 ? x->shape[0] : 1, S = 1;
+    for (int d = 2; d < nd; d++) S *= x->shape[d];
+    ml_tensor *h = NULL, *v = NULL;
+    ml_err e = ml_zeros(&h, (ml_dtype)x->dtype, nd, x->shape);
+    if (!e && valid) e = ml_zeros(&v, (ml_dtype)x->dtype, nd >= 2 ? nd - 1 : 0, tc->shape);
+    if (e) goto done;
+    const int64_t *t = ml_tensor_data(tc);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t s = 0; s < S; s++) {
+            int64_t k = t[n * S + s];
+            if (k == ignore) continue;
+            ml_store_elem(ml_tensor_data(h), (ml_dtype)x->dtype, (n * C + k) * S + s, 1.0);
+            if (v) ml_store_elem(ml_tensor_data(v), (ml_dtype)x->dtype, n * S + s, 1.0);
+        }
+    if ((e = ml_to_device(oh, h, ml_tensor_device(x)))) goto done;
+    if (v && (e = ml_to_device(valid, v, ml_tensor_device(x)))) {
+        drop(oh);
+        goto done;
+    }
+done:
+    ml_tensor_release(h);
+    ml_tensor_release(v);
+    return e;
+}
+
+ml_err ml_cross_entropy_composite(ml_tensor **out, ml_tensor *x, const ml_tensor *tc, ml_tensor *prob,
+                                  ml_tensor *weight, int64_t ignore, double ls, int reduction) {
+    *out = NULL;
+    int nd = x->ndim, cdim = nd == 1 ? 0 : 1;
+    int64_t C = x->shape[cdim];
+    ml_tensor *logp = NULL, *wv = NULL, *tw = NULL, *oh = NULL, *valid = NULL, *t1 = NULL, *t2 = NULL, *nll = NULL,
+              *sm = NULL, *per = NULL, *den = NULL, *tgt = NULL;
+    ml_err e;
+    TRY(ml_log_softmax(&logp, x, cdim));
+    if (weight) { /* weight [C] over the class dim */
+        int64_t sh[ML_MAX_DIMS];
+        for (int i = 0; i < nd; i++) sh[i] = 1;
+        sh[cdim] = C;
+        TRY(ml_reshape(&wv, weight, nd, sh));
+        TRY(ml_binary(&tw, ML_MUL, logp, wv)); /* w_c * logp_c */
+    } else {
+        ml_tensor_retain(logp);
+        tw = logp;
+    }
+    if (prob) { /* class probabilities: -(sum_c q_c w_c logp_c), q smoothed towards uniform */
+        if (ls > 0) {
+            TRY(ml_binary_scalar(&t1, ML_MUL, prob, 1 - ls, false));
+            TRY(ml_binary_scalar(&tgt, ML_ADD, t1, ls / (double)C, false));
+            drop(&t1);
+        } else {
+            ml_tensor_retain(prob);
+            tgt = prob;
+        }
+        TRY(ml_binary(&t1, ML_MUL, tgt, tw));
+        TRY(ml_reduce(&t2, ML_RSUM, t1, 1, &cdim, false));
+        TRY(ml_unary(&per, ML_NEG, t2));
+        if (reduction == 1) { /* mean over positions */
+            TRY(ml_reduce(out, ML_RMEAN, per, 0, NULL, false));
+        } else if (reduction == 2) {
+            TRY(ml_reduce(out, ML_RSUM, per, 0, NULL, false));
+        } else {
+            ml_tensor_retain(per);
+            *out = per;
+        }
+        goto done;
+    }
+    TRY(one_hot_dev(&oh, &valid, x, tc, C, ignore));
+    TRY(ml_binary(&t1, ML_MUL, oh, tw));
+    TRY(ml_reduce(&t2, ML_RSUM, t1, 1, &cdim, false));
+    TRY(ml_unary(&nll, ML_NEG, t2)); /* -w_t logp_t, 0 where ignored */
+    drop(&t1);
+    drop(&t2);
+    if (ls > 0) { /* (1 - ls) nll + ls/C * sum_c (-w_c logp_c), on the valid positions */
+        TRY(ml_reduce(&t1, ML_RSUM, tw, 1, &cdim, false));
+        TRY(ml_binary(&t2, ML_MUL, t1, valid));
+        TRY(ml_binary_scalar(&sm, ML_MUL, t2, -ls / (double)C, false));
+        drop(&t1);
+        TRY(ml_binary_scalar(&t1, ML_MUL, nll, 1 - ls, false));
+        TRY(ml_binary(&per, ML_ADD, t1, sm));
+    } else {
+        ml_tensor_retain(nll);
+        per = nll;
+    }
+    if (reduction == 1) { /* mean: divided by the summed weights of the targets (their count unweighted) */
+        drop(&t1);
+        drop(&t2);
+        if (weight) {
+            TRY(ml_binary(&t1, ML_MUL, oh, wv));
+            TRY(ml_reduce(&den, ML_RSUM, t1, 0, NULL, false));
+        } else {
+            TRY(ml_reduce(&den, ML_RSUM, valid, 0, NULL, false));
+        }
+        TRY(ml_reduce(&t2, ML_RSUM, per, 0, NULL, false));
+        TRY(ml_binary(out, ML_DIV, t2, den));
+    } else if (reduction == 2) {
+        TRY(ml_reduce(out, ML_RSUM, per, 0, NULL, false));
+    } else {
+        ml_tensor_retain(per);
+        *out = per;
+    }
+done:
+    ml_tensor_release(logp);
+    ml_tensor_release(wv);
+    ml_tensor_release(tw);
+    ml_tensor_release(oh);
+    ml_tensor_release(valid);
+    ml_tensor_release(t1);
+    ml_tensor_release(t2);
+    ml_tensor_release(nll);
+    ml_tensor_release(sm);
+    ml_tensor_release(per);
+    ml_tensor_release(den);
+    ml_tensor_release(tgt);
+    return e;
+}
