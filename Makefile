@@ -6,6 +6,7 @@
 #   make test-gpu   the GPU suites (tests/gpu/*.lua); says "gpu tests: skipped (why)" without a GPU
 #   make CUDA=0     a CPU-only build (ml_cuda_stub.c: "built without CUDA"); CUDA=1 forces nvcc
 #   make bench      side-by-side benchmarks against the peers (PyTorch CPU from PyPI)
+#   make bench-gpu  the U-Net train step on a GPU against PyTorch + cuDNN (says why it skips without one)
 
 SHELL := /bin/bash
 CC ?= gcc
@@ -102,7 +103,7 @@ HEADERS := $(wildcard modules/*/*.h)
 CTEST_SRC := $(wildcard tests/c/test_*.c)
 CTEST_BIN := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-c test-lua test-gpu bench clean install fuzz FORCE
+.PHONY: all deps run test test-c test-lua test-gpu bench bench-gpu clean install fuzz FORCE
 all: $(BUILD)/medlua
 
 # Install missing Debian packages (root on CI; otherwise sudo if present).
@@ -192,6 +193,10 @@ test-gpu: deps
 bench: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	@bash bench/run.sh
+
+bench-gpu: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	@bash bench/bench_gpu.sh
 
 clean:
 	rm -rf build build-san

@@ -9,15 +9,22 @@ p.add_argument("--batch", type=int, default=2)
 p.add_argument("--steps", type=int, default=5)
 p.add_argument("--warmup", type=int, default=1)
 p.add_argument("--threads", type=int, default=0)
+p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (bench/bench_gpu.sh; cudnn.benchmark on)")
 a = p.parse_args()
+gpu = a.device != "cpu"
+if gpu:
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = False  # medlua's default: no TF32
+    torch.backends.cudnn.allow_tf32 = False
 if a.threads > 0:
     torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 net = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128, 256),
            strides=(2, 2, 2, 2), num_res_units=2, norm="batch")
+net = net.to(a.device)
 opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-x = torch.randn(a.batch, 1, a.size, a.size, a.size)
-y = torch.randint(0, 3, (a.batch, a.size, a.size, a.size))
+x = torch.randn(a.batch, 1, a.size, a.size, a.size).to(a.device)
+y = torch.randint(0, 3, (a.batch, a.size, a.size, a.size)).to(a.device)
 lossf = torch.nn.CrossEntropyLoss()
 times = []
 for i in range(a.warmup + a.steps):
@@ -26,6 +33,8 @@ for i in range(a.warmup + a.steps):
     loss = lossf(net(x), y)
     loss.backward()
     opt.step()
+    if gpu:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     if i >= a.warmup:
         times.append(dt)
@@ -34,4 +43,5 @@ med = times[(len(times) - 1) // 2]
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"torch unet3d params={sum(p.numel() for p in net.parameters())} threads={torch.get_num_threads()} "
       f"step_ms={med*1000:.1f} min_ms={times[0]*1000:.1f} peak_rss_mb={rss:.0f} loss={loss.item():.4f} "
-      f"torch={torch.__version__}")
+      f"torch={torch.__version__}" +
+      (f" device={a.device} peak_gpu_mb={torch.cuda.max_memory_allocated() / 2**20:.0f}" if gpu else ""))
