@@ -118,6 +118,21 @@ ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x
 void ml_cuda_set_benchmark(bool on);
 bool ml_cuda_benchmark(void);
 
+/* Max / average pooling over nsp = 1, 2 or 3 spatial dims through cuDNN (1-D as 2-D with a unit dim).
+ * x [N, C, S...] and y [N, C, S'...] dense on device dev, dtype kd; y's shape is given (the core computes
+ * it with PyTorch's rules, ceil_mode included: cuDNN's own output size must not be smaller). No dilation.
+ * Average: count_include_pad as in PyTorch (CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING or _EXCLUDE_).
+ * bwd writes dx (overwritten) from x, y and dy. */
+typedef struct {
+    int nsp;
+    int64_t x[5], y[5];
+    int kernel[3], stride[3], pad[3];
+    bool max, count_include_pad;
+} ml_cuda_pool_desc;
+ml_err ml_cuda_pool_fwd(int kd, const ml_cuda_pool_desc *d, const void *x, void *y, int dev);
+ml_err ml_cuda_pool_bwd(int kd, const ml_cuda_pool_desc *d, const void *x, const void *y, const void *dy, void *dx,
+                        int dev);
+
 #ifdef __cplusplus
 }
 #endif

@@ -103,3 +103,12 @@ ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x
 static atomic_bool g_benchmark;
 void ml_cuda_set_benchmark(bool on) { atomic_store(&g_benchmark, on); }
 bool ml_cuda_benchmark(void) { return atomic_load(&g_benchmark); }
+ml_err ml_cuda_pool_fwd(int kd, const ml_cuda_pool_desc *d, const void *x, void *y, int dev) {
+    (void)kd; (void)d; (void)x; (void)y; (void)dev;
+    return no_cuda("pooling forward");
+}
+ml_err ml_cuda_pool_bwd(int kd, const ml_cuda_pool_desc *d, const void *x, const void *y, const void *dy, void *dx,
+                        int dev) {
+    (void)kd; (void)d; (void)x; (void)y; (void)dy; (void)dx; (void)dev;
+    return no_cuda("pooling backward");
+}
