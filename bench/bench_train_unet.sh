@@ -68,13 +68,38 @@ echo "== train_unet end to end: $(nproc) cores, $(grep -m1 'model name' /proc/cp
 echo "== steps $STEPS, validation every $VAL_EVERY, threads $THREADS, seed $SEED; recipe defaults: ${PYARGS[*]}"
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# medlua: the recipe as is; MEDLUA_INIT wraps train.fit to time the validation passes and read VmHWM
+# medlua: the recipe as is; MEDLUA_INIT wraps train.fit to time the validation passes and read VmHWM, and
+# (diagnostics, not compared) seg.postprocess/seg.evaluate to log, per validation, raw_dice_<class> (the Dice
+# before --postprocess) and fg_kept (the share of predicted foreground voxels the postprocessing kept), as the
+# MONAI script does
 INIT='local m = require "medlua"
 local tr = require "medlua.train"
+local seg = require "medlua.segment"
+local pp, ev = seg.postprocess, seg.evaluate
+local raw, diag = nil, {}
+seg.postprocess = function(pred, ...) raw = pred; return pp(pred, ...) end
+seg.evaluate = function(pred, gt, lm, opts)
+  local rows = ev(pred, gt, lm, opts)
+  if raw and opts and opts.hd95 == false then
+    for _, r in ipairs(ev(raw, gt, lm, opts)) do
+      local k = "raw_dice_" .. r.name
+      diag[k] = diag[k] or {}; table.insert(diag[k], r.dice)
+    end
+    local nr = raw.data:gt(0):sum():item()
+    diag.fg_kept = diag.fg_kept or {}
+    table.insert(diag.fg_kept, nr > 0 and pred.data:gt(0):sum():item() / nr or 0 / 0)
+  end
+  raw = nil
+  return rows
+end
 local fit = tr.fit
 tr.fit = function(o)
   local vt, nv, vf = 0, 0, o.val_fn
-  if vf then o.val_fn = function(...) local t = m.clock(); local r = vf(...); vt = vt + m.clock() - t; nv = nv + 1; return r end end
+  if vf then o.val_fn = function(...)
+    local t = m.clock(); diag = {}
+    local r = vf(...)
+    for k, l in pairs(diag) do local s = 0; for _, v in ipairs(l) do s = s + v end; r[k] = s / #l end
+    vt = vt + m.clock() - t; nv = nv + 1; return r end end
   local t = m.clock()
   local s = fit(o)
   local hwm = 0

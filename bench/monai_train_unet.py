@@ -33,7 +33,9 @@ current defaults explicitly, read from its --help). What the recipe fixes in cod
                  26 neighbours), largest_per_class = the same with independent=True, none), DiceMetric per
                  class without
                  background (NaN for a class absent from the ground truth) on the preprocessed grid;
-                 val_dice = mean over classes, best = highest val_dice
+                 val_dice = mean over classes, best = highest val_dice. Logged as diagnostics only:
+                 raw_dice_<class> (the Dice before --postprocess) and fg_kept (the share of the predicted
+                 foreground voxels that the postprocessing kept)
 Prints one "monai val step=..." line per validation and a final "monai summary ..." line with the last
 validation's per-class Dice, the best validation, seconds per training step (training loop time
 without the validation passes, divided by the steps), the share of that time spent waiting for
@@ -197,22 +199,31 @@ def main():
         with torch.no_grad():
             probs = sliding_window_inference(vx, roi, a.sw_batch_size, lambda z: torch.softmax(net(z), 1),
                                              overlap=a.overlap, mode="gaussian", padding_mode="replicate")
-            pred = probs.argmax(1, keepdim=True)
+            pred = raw = probs.argmax(1, keepdim=True)
             if post is not None:
-                pred = post(pred[0])[None]
+                pred = post(raw[0].clone())[None]  # KeepLargestConnectedComponent edits its input in place
             d = dice_metric(one_hot(pred, K), one_hot(vy, K))[0]
             dice_metric.reset()
+            # diagnostics, not compared: the Dice before --postprocess, and the share of the predicted
+            # foreground voxels the postprocessing kept
+            dr = dice_metric(one_hot(raw, K), one_hot(vy, K))[0]
+            dice_metric.reset()
+            nraw = int((raw > 0).sum())
+            kept = float((pred > 0).sum()) / nraw if nraw else float("nan")
         net.train()
         per = {n: float(d[i]) for i, n in enumerate(names)}
+        diag = {f"raw_dice_{n}": float(dr[i]) for i, n in enumerate(names)}
+        diag["fg_kept"] = kept
         ok = [v for v in per.values() if v == v]
-        return per, (sum(ok) / len(ok) if ok else 0.0)
+        return per, (sum(ok) / len(ok) if ok else 0.0), diag
 
     writer = None
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         fcsv = open(os.path.join(a.out, "metrics.csv"), "w", newline="")
         writer = csv.writer(fcsv, lineterminator="\n")
-        writer.writerow(["step", "train_loss", "time", "val_dice"] + [f"val_dice_{n}" for n in names])
+        writer.writerow(["step", "train_loss", "time", "val_dice"] + [f"val_dice_{n}" for n in names]
+                        + [f"raw_dice_{n}" for n in names] + ["fg_kept"])
 
     net.train()
     step, epoch, val_s, wait_s, losses, last, best = 0, 0, 0.0, 0.0, [], None, None
@@ -237,7 +248,7 @@ def main():
             losses.append(loss.item())
             if a.val_every > 0 and step % a.val_every == 0:
                 tv = time.perf_counter()
-                per, mean = validate()
+                per, mean, diag = validate()
                 val_s += time.perf_counter() - tv
                 last = (step, per, mean)
                 if best is None or mean > best[2]:
@@ -246,9 +257,11 @@ def main():
                 print(f"monai val step={step} epoch={epoch} train_loss={tl:.4f} lr={opt.param_groups[0]['lr']:.3g} "
                       f"val_dice={mean:.4f} "
                       + " ".join(f"dice_{n}={v:.4f}" for n, v in per.items())
+                      + " " + " ".join(f"{k}={v:.4f}" for k, v in diag.items())
                       + f" elapsed_s={time.perf_counter() - t_loop:.1f}", flush=True)
                 if writer:
-                    writer.writerow([step, tl, time.perf_counter() - t_loop, mean] + [per[n] for n in names])
+                    writer.writerow([step, tl, time.perf_counter() - t_loop, mean] + [per[n] for n in names]
+                                    + [diag[f"raw_dice_{n}"] for n in names] + [diag["fg_kept"]])
                     fcsv.flush()
             if step >= a.steps:
                 break
