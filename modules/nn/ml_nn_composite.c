@@ -93,6 +93,8 @@ ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_
             if (!e) e = ml_binary_scalar_(ML_MUL, rvar, 1 - momentum);
             if (!e) e = ml_binary_scalar(&t, ML_MUL, stat, momentum * (cnt > 1 ? cnt / (cnt - 1) : 1), false);
             if (!e) e = ml_binary_(ML_ADD, rvar, t);
+            drop(&t);
+            drop(&stat);
             ml_set_grad_enabled(prev);
             if (e) goto done;
         }
