@@ -1,5 +1,6 @@
 /* The cuDNN part of ml_cuda.h: convolution forward, backward data and backward filter over 1-3
- * spatial dims, dense NC+spatial tensors, PyTorch stride/padding/dilation/groups semantics.
+ * spatial dims, dense NC+spatial tensors, PyTorch stride/padding/dilation/groups semantics; max and
+ * average pooling forward and backward (the pooling section at the end of the file).
  * Built only with CUDA=1 (ml_cuda_stub.c takes its place otherwise).
  *
  * cuDNN is never linked: libcudnn.so.9 (then libcudnn.so) is opened with dlopen on the first call
