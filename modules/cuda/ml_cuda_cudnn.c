@@ -1,5 +1,6 @@
 /* The cuDNN part of ml_cuda.h: convolution forward, backward data and backward filter over 1-3
- * spatial dims, dense NC+spatial tensors, PyTorch stride/padding/dilation/groups semantics.
+ * spatial dims, dense NC+spatial tensors, PyTorch stride/padding/dilation/groups semantics; max and
+ * average pooling forward and backward (the pooling section at the end of the file).
  * Built only with CUDA=1 (ml_cuda_stub.c takes its place otherwise).
  *
  * cuDNN is never linked: libcudnn.so.9 (then libcudnn.so) is opened with dlopen on the first call
@@ -80,7 +81,13 @@
     X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)                                                                   \
     X(cudnnFindConvolutionBackwardFilterAlgorithmEx)                                                                   \
     X(cudnnGetConvolutionBackwardFilterWorkspaceSize)                                                                  \
-    X(cudnnConvolutionBackwardFilter)
+    X(cudnnConvolutionBackwardFilter)                                                                                  \
+    X(cudnnCreatePoolingDescriptor)                                                                                    \
+    X(cudnnSetPoolingNdDescriptor)                                                                                     \
+    X(cudnnDestroyPoolingDescriptor)                                                                                   \
+    X(cudnnGetPoolingNdForwardOutputDim)                                                                               \
+    X(cudnnPoolingForward)                                                                                             \
+    X(cudnnPoolingBackward)
 /* Optional: the detailed message of the last failure (cuDNN 9). */
 #define ML_CUDNN_OPTIONAL_SYMBOLS(X) X(cudnnGetLastErrorString)
 
@@ -705,6 +712,30 @@ static ml_err check_desc(int kd, const ml_cuda_conv_desc *d, const callctx *c) {
     return ML_OK;
 }
 
+/* dev's handle, created on first use; dev must be current and its mutex held. Sets the error when
+ * cudnnCreate fails (*h stays NULL). */
+static ml_err handle_get(int dev, const callctx *c, cudnnHandle_t *h) {
+    ml_err e = ML_OK;
+    pthread_mutex_lock(&g_mu);
+    if (!L.handle[dev]) {
+        cudnnStatus_t s = L.cudnnCreate(&L.handle[dev]); /* binds to the current device: dev */
+        if (s != CUDNN_STATUS_SUCCESS) {
+            L.handle[dev] = NULL;
+            e = status_code(s) == ML_ERR_OOM ? ML_ERR_OOM : ML_ERR_DEVICE;
+            char detail[256] = "";
+            if (L.cudnnGetLastErrorString) {
+                L.cudnnGetLastErrorString(detail, sizeof detail);
+                detail[sizeof detail - 1] = '\0';
+            }
+            e = ml_seterr(e, "%s: cudnnCreate failed: %s%s%s%s (cuDNN %zu, %s)", c->name, status_str(s),
+                          detail[0] ? " [" : "", detail, detail[0] ? "]" : "", L.version, L.soname);
+        }
+    }
+    *h = L.handle[dev];
+    pthread_mutex_unlock(&g_mu);
+    return e;
+}
+
 /* x, w, y: the x-, w- and y-shaped buffers; which one is written depends on op. */
 static ml_err conv_entry(int op, int kd, const ml_cuda_conv_desc *d, void *x, void *w, void *y, int dev) {
     if (!d) return ml_seterr(ML_ERR_ARG, "cuda conv %s: NULL descriptor", op_names[op]);
@@ -753,23 +784,7 @@ static ml_err conv_entry(int op, int kd, const ml_cuda_conv_desc *d, void *x, vo
     pthread_once(&g_dev_mu_once, dev_mu_init);
     pthread_mutex_lock(&g_dev_mu[dev]);
     cudnnHandle_t h = NULL;
-    pthread_mutex_lock(&g_mu);
-    if (!L.handle[dev]) {
-        cudnnStatus_t s = L.cudnnCreate(&L.handle[dev]); /* binds to the current device: dev */
-        if (s != CUDNN_STATUS_SUCCESS) {
-            L.handle[dev] = NULL;
-            e = status_code(s) == ML_ERR_OOM ? ML_ERR_OOM : ML_ERR_DEVICE;
-            char detail[256] = "";
-            if (L.cudnnGetLastErrorString) {
-                L.cudnnGetLastErrorString(detail, sizeof detail);
-                detail[sizeof detail - 1] = '\0';
-            }
-            e = ml_seterr(e, "%s: cudnnCreate failed: %s%s%s%s (cuDNN %zu, %s)", c.name, status_str(s),
-                          detail[0] ? " [" : "", detail, detail[0] ? "]" : "", L.version, L.soname);
-        }
-    }
-    h = L.handle[dev];
-    pthread_mutex_unlock(&g_mu);
+    e = handle_get(dev, &c, &h);
 
     if (h) {
         /* batch chunks of at most ML_CUDNN_MAX_ELEMS elements in x and y (one chunk almost always) */
@@ -806,3 +821,288 @@ ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x
 
 void ml_cuda_set_benchmark(bool on) { atomic_store(&g_bench, on); }
 bool ml_cuda_benchmark(void) { return atomic_load(&g_bench); }
+
+/* ------------------------------------------------------------------ pooling */
+/* Max / average pooling through the legacy cuDNN pooling API (cudnnPoolingForward/Backward; marked
+ * deprecated in cuDNN 9 but present and unchanged there). Dense NC+spatial tensors, no workspace, no
+ * algorithm choice; 1-D runs as 2-D with H = 1 (window 1, padding 0, stride 1 in H).
+ *
+ * Modes: max pooling is CUDNN_POOLING_MAX_DETERMINISTIC with CUDNN_PROPAGATE_NAN, because PyTorch's
+ * max_pool propagates NaN (a window holding a NaN gives NaN; the CPU kernels do the same: "NaN wins").
+ * Average pooling is CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING or _EXCLUDE_PADDING per
+ * count_include_pad; in floor mode every window lies inside [-pad, in + pad) so the divisors are
+ * PyTorch's (kernel volume, or the number of input elements in the window).
+ *
+ * Output size: cuDNN's is the floor-mode size 1 + (in + 2 * pad - kernel) / stride in every dim and
+ * its padding is symmetric. The caller's y may be PyTorch's ceil_mode size, one larger in some dim:
+ * that extra window would need more padding on the right than on the left, which the legacy API
+ * cannot express (the cuDNN docs do not define results for a y larger than
+ * cudnnGetPoolingNdForwardOutputDim's), so such a call fails with ML_ERR_UNSUPPORTED before any
+ * device work, and the caller can run it elsewhere. Any other y that is not cuDNN's size is
+ * ML_ERR_SHAPE. Scaling factors are double for f64 and float otherwise (cuDNN's rule); the 16-bit
+ * types are pooled by cuDNN with float arithmetic. Tensors over 2^31-1 elements are split along
+ * the batch (pooling is independent per sample). */
+
+typedef struct {
+    int nb;   /* 4 (1-D and 2-D) or 5 (3-D) */
+    int npool; /* spatial dims cuDNN sees: 2 or 3 */
+    int xd[5], yd[5];
+    int win[3], pad[3], stride[3];
+    cudnnDataType_t dt;
+    cudnnPoolingMode_t mode;
+    cudnnNanPropagation_t nan;
+} pgeom;
+
+static void pool_ctx_make(callctx *c, bool bwd, int kd, const ml_cuda_pool_desc *d, int dev) {
+    int nsp = d->nsp, nd = nsp + 2;
+    int64_t k[3], st[3], pd[3];
+    for (int i = 0; i < nsp; i++) {
+        k[i] = d->kernel[i];
+        st[i] = d->stride[i];
+        pd[i] = d->pad[i];
+    }
+    snprintf(c->name, sizeof c->name, "%s_pool%dd%s on cuda:%d", d->max ? "max" : "avg", nsp, bwd ? " backward" : "",
+             dev);
+    snprintf(c->shapes, sizeof c->shapes, "x %s, y %s, kernel %s, stride %s, padding %s%s, %s", ml_shape_str(nd, d->x),
+             ml_shape_str(nd, d->y), ml_shape_str(nsp, k), ml_shape_str(nsp, st), ml_shape_str(nsp, pd),
+             d->max ? "" : d->count_include_pad ? ", count_include_pad true" : ", count_include_pad false",
+             ml_dtype_name((ml_dtype)kd));
+}
+
+/* PyTorch's pooling output size (no dilation) */
+static int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+    int64_t num = in + 2 * p - k;
+    if (num < 0) return 0;
+    int64_t o = (ceil_mode ? (num + s - 1) / s : num / s) + 1;
+    if (ceil_mode && (o - 1) * s >= in + p) o--; /* the last window must start inside the input or left padding */
+    return o;
+}
+
+static ml_err pool_check_desc(int kd, const ml_cuda_pool_desc *d, const callctx *c) {
+    int nsp = d->nsp, nd = nsp + 2;
+    if (kd != ML_F32 && kd != ML_F64 && kd != ML_BF16 && kd != ML_F16)
+        return ml_seterr(ML_ERR_DTYPE, "%s: %s is not supported (float32, float64, bfloat16, float16)", c->name,
+                         ml_dtype_name((ml_dtype)kd));
+    for (int i = 0; i < nd; i++)
+        if (d->x[i] < 0 || d->y[i] < 0) return ml_seterr(ML_ERR_SHAPE, "%s: negative size (%s)", c->name, c->shapes);
+    if (d->y[0] != d->x[0] || d->y[1] != d->x[1])
+        return ml_seterr(ML_ERR_SHAPE, "%s: y must have x's batch and channel sizes (%s)", c->name, c->shapes);
+    for (int i = 0; i < nsp; i++) {
+        if (d->kernel[i] < 1 || d->stride[i] < 1 || d->pad[i] < 0)
+            return ml_seterr(ML_ERR_ARG, "%s: invalid kernel/stride/padding in spatial dim %d (%s)", c->name, i,
+                             c->shapes);
+        /* PyTorch's rule; it also keeps every window off the padding alone */
+        if (d->pad[i] > d->kernel[i] / 2)
+            return ml_seterr(ML_ERR_ARG, "%s: padding %d in spatial dim %d should be at most half of the kernel size %d (%s)",
+                             c->name, d->pad[i], i, d->kernel[i], c->shapes);
+        if (d->x[2 + i] < 1)
+            return ml_seterr(ML_ERR_SHAPE, "%s: empty spatial dim %d in x (%s)", c->name, i, c->shapes);
+    }
+    for (int i = 0; i < nsp; i++) {
+        int64_t in = d->x[2 + i], k = d->kernel[i], s = d->stride[i], p = d->pad[i], y = d->y[2 + i];
+        int64_t fl = pool_out_size(in, k, s, p, false), ce = pool_out_size(in, k, s, p, true);
+        if (y == fl && fl >= 1) continue;
+        if (y == ce && ce > fl && fl >= 1)
+            return ml_seterr(ML_ERR_UNSUPPORTED,
+                             "%s: ceil_mode output size %lld in spatial dim %d (cuDNN's floor-mode size is %lld) needs "
+                             "asymmetric padding, not supported by cuDNN pooling; use ceil_mode=false or pool on the "
+                             "CPU (%s)",
+                             c->name, (long long)y, i, (long long)fl, c->shapes);
+        return ml_seterr(ML_ERR_SHAPE,
+                         "%s: y size %lld in spatial dim %d is not the pooling output size %lld (input %lld + 2 * "
+                         "padding %lld, kernel %lld, stride %lld) (%s)",
+                         c->name, (long long)y, i, (long long)fl, (long long)in, (long long)p, (long long)k,
+                         (long long)s, c->shapes);
+    }
+    for (int i = 1; i < nd; i++)
+        if (d->x[i] > INT_MAX || d->y[i] > INT_MAX)
+            return ml_seterr(ML_ERR_UNSUPPORTED, "%s: a size passes 2^31-1 (%s)", c->name, c->shapes);
+    if (numel(nd - 1, d->x + 1) > ML_CUDNN_MAX_ELEMS || numel(nd - 1, d->y + 1) > ML_CUDNN_MAX_ELEMS)
+        return ml_seterr(ML_ERR_UNSUPPORTED, "%s: one sample has more than 2^31-1 elements, cuDNN's limit (%s)",
+                         c->name, c->shapes);
+    return ML_OK;
+}
+
+/* d's shapes as cuDNN sees them (a unit H for 1-D). The caller checked that every value fits int. */
+static void pgeom_make(pgeom *g, int kd, const ml_cuda_pool_desc *d) {
+    memset(g, 0, sizeof *g);
+    int nsp = d->nsp;
+    if (nsp == 1) {
+        g->nb = 4;
+        g->npool = 2;
+        g->xd[0] = (int)d->x[0], g->xd[1] = (int)d->x[1], g->xd[2] = 1, g->xd[3] = (int)d->x[2];
+        g->yd[0] = (int)d->y[0], g->yd[1] = (int)d->y[1], g->yd[2] = 1, g->yd[3] = (int)d->y[2];
+        g->win[0] = 1, g->pad[0] = 0, g->stride[0] = 1;
+        g->win[1] = d->kernel[0], g->pad[1] = d->pad[0], g->stride[1] = d->stride[0];
+    } else {
+        g->nb = nsp + 2;
+        g->npool = nsp;
+        for (int i = 0; i < nsp + 2; i++) {
+            g->xd[i] = (int)d->x[i];
+            g->yd[i] = (int)d->y[i];
+        }
+        for (int i = 0; i < nsp; i++) {
+            g->win[i] = d->kernel[i];
+            g->pad[i] = d->pad[i];
+            g->stride[i] = d->stride[i];
+        }
+    }
+    g->dt = kd == ML_F64 ? CUDNN_DATA_DOUBLE : kd == ML_BF16 ? CUDNN_DATA_BFLOAT16 : kd == ML_F16 ? CUDNN_DATA_HALF
+                                                                                             : CUDNN_DATA_FLOAT;
+    g->mode = d->max ? CUDNN_POOLING_MAX_DETERMINISTIC
+            : d->count_include_pad ? CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING
+                                   : CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING;
+    g->nan = CUDNN_PROPAGATE_NAN; /* used by max pooling only; PyTorch's max_pool propagates NaN */
+}
+
+typedef struct {
+    cudnnTensorDescriptor_t tx, ty;
+    cudnnPoolingDescriptor_t pl;
+} pdescs;
+
+static void pdescs_destroy(pdescs *D) {
+    if (D->tx) L.cudnnDestroyTensorDescriptor(D->tx);
+    if (D->ty) L.cudnnDestroyTensorDescriptor(D->ty);
+    if (D->pl) L.cudnnDestroyPoolingDescriptor(D->pl);
+    memset(D, 0, sizeof *D);
+}
+
+/* On failure the descriptors made so far are destroyed and the error is set. */
+static ml_err pdescs_make(pdescs *D, const pgeom *g, const callctx *c) {
+    memset(D, 0, sizeof *D);
+    int sx[5], sy[5];
+    dense_strides(g->nb, g->xd, sx);
+    dense_strides(g->nb, g->yd, sy);
+    cudnnStatus_t s;
+    const char *fn = "cudnnCreateTensorDescriptor";
+    if ((s = L.cudnnCreateTensorDescriptor(&D->tx)) != CUDNN_STATUS_SUCCESS) goto fail;
+    if ((s = L.cudnnCreateTensorDescriptor(&D->ty)) != CUDNN_STATUS_SUCCESS) goto fail;
+    fn = "cudnnCreatePoolingDescriptor";
+    if ((s = L.cudnnCreatePoolingDescriptor(&D->pl)) != CUDNN_STATUS_SUCCESS) goto fail;
+    fn = "cudnnSetTensorNdDescriptor (x)";
+    if ((s = L.cudnnSetTensorNdDescriptor(D->tx, g->dt, g->nb, g->xd, sx)) != CUDNN_STATUS_SUCCESS) goto fail;
+    fn = "cudnnSetTensorNdDescriptor (y)";
+    if ((s = L.cudnnSetTensorNdDescriptor(D->ty, g->dt, g->nb, g->yd, sy)) != CUDNN_STATUS_SUCCESS) goto fail;
+    fn = "cudnnSetPoolingNdDescriptor";
+    if ((s = L.cudnnSetPoolingNdDescriptor(D->pl, g->mode, g->nan, g->npool, g->win, g->pad, g->stride)) !=
+        CUDNN_STATUS_SUCCESS)
+        goto fail;
+    return ML_OK;
+fail:;
+    ml_err e = cudnn_fail(c, fn, s);
+    pdescs_destroy(D);
+    return e;
+}
+
+/* One pooling call on d (N within cuDNN's limits), under the device mutex. Forward reads x and
+ * writes y; backward reads x, y and dy and writes dx (dy and dx use y's and x's descriptors). */
+static ml_err pool_chunk(bool bwd, int kd, cudnnHandle_t h, const ml_cuda_pool_desc *d, const void *x, void *y,
+                         const void *dy, void *dx, const callctx *c) {
+    pgeom g;
+    pgeom_make(&g, kd, d);
+    pdescs D;
+    ml_err e = pdescs_make(&D, &g, c);
+    if (e) return e;
+
+    /* the output shape cuDNN computes must be d->y (pool_check_desc checked the same formula) */
+    int od[5] = {0, 0, 0, 0, 0};
+    cudnnStatus_t s = L.cudnnGetPoolingNdForwardOutputDim(D.pl, D.tx, g.nb, od);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        e = cudnn_fail(c, "cudnnGetPoolingNdForwardOutputDim", s);
+        goto done;
+    }
+    for (int i = 0; i < g.nb; i++) {
+        if (od[i] != g.yd[i]) {
+            int64_t o64[5], x64[5], y64[5];
+            for (int j = 0; j < g.nb; j++) o64[j] = od[j], x64[j] = g.xd[j], y64[j] = g.yd[j];
+            e = ml_seterr(od[i] < g.yd[i] ? ML_ERR_UNSUPPORTED : ML_ERR_SHAPE,
+                          "%s: cuDNN computes the output shape %s from x %s (as cuDNN sees them), not y %s (%s)",
+                          c->name, ml_shape_str(g.nb, o64), ml_shape_str(g.nb, x64), ml_shape_str(g.nb, y64),
+                          c->shapes);
+            goto done;
+        }
+    }
+
+    double a64 = 1.0, b64 = 0.0;
+    float a32 = 1.0f, b32 = 0.0f;
+    const void *pa = kd == ML_F64 ? (const void *)&a64 : (const void *)&a32;
+    const void *pb = kd == ML_F64 ? (const void *)&b64 : (const void *)&b32;
+    if (!bwd) {
+        s = L.cudnnPoolingForward(h, D.pl, pa, D.tx, x, pb, D.ty, y);
+        if (s != CUDNN_STATUS_SUCCESS) e = cudnn_fail(c, "cudnnPoolingForward", s);
+    } else {
+        s = L.cudnnPoolingBackward(h, D.pl, pa, D.ty, y, D.ty, dy, D.tx, x, pb, D.tx, dx);
+        if (s != CUDNN_STATUS_SUCCESS) e = cudnn_fail(c, "cudnnPoolingBackward", s);
+    }
+done:
+    pdescs_destroy(&D);
+    return e;
+}
+
+static ml_err pool_entry(bool bwd, int kd, const ml_cuda_pool_desc *d, const void *x, void *y, const void *dy,
+                         void *dx, int dev) {
+    if (!d) return ml_seterr(ML_ERR_ARG, "cuda pool%s: NULL descriptor", bwd ? " backward" : "");
+    if (d->nsp < 1 || d->nsp > 3)
+        return ml_seterr(ML_ERR_ARG, "%s_pool%s on cuda:%d: %d spatial dims (1, 2 or 3)", d->max ? "max" : "avg",
+                         bwd ? " backward" : "", dev, d->nsp);
+    callctx c;
+    pool_ctx_make(&c, bwd, kd, d, dev);
+    ml_err e = pool_check_desc(kd, d, &c);
+    if (e) return e;
+    if (!ml_cuda_available()) return ml_seterr(ML_ERR_DEVICE, "%s: CUDA not available: %s", c.name, ml_cuda_status());
+    if (dev < 0 || dev >= ml_cuda_device_count() || dev >= ML_CUDNN_MAX_DEV)
+        return ml_seterr(ML_ERR_DEVICE, "%s: no such device (%d CUDA device%s)", c.name, ml_cuda_device_count(),
+                         ml_cuda_device_count() == 1 ? "" : "s");
+
+    pthread_mutex_lock(&g_mu);
+    lib_load_locked();
+    bool ok = L.ok;
+    char why[sizeof L.why];
+    if (!ok) memcpy(why, L.why, sizeof why);
+    pthread_mutex_unlock(&g_mu);
+    if (!ok) return ml_seterr(ML_ERR_DEVICE, "%s: %s", c.name, why);
+
+    int nd = d->nsp + 2;
+    /* every spatial size is >= 1 here, so x and y are empty together (N = 0 or C = 0): nothing to do */
+    if (numel(nd, d->x) == 0 || numel(nd, d->y) == 0) return ML_OK;
+    if (!x || !y || (bwd && (!dy || !dx)))
+        return ml_seterr(ML_ERR_ARG, "%s: NULL device pointer (%s)", c.name, c.shapes);
+
+    int prev = -1;
+    cudaError_t ce = cudaGetDevice(&prev);
+    if (ce != cudaSuccess) return cuda_fail(&c, "cudaGetDevice", ce);
+    if (prev != dev && (ce = cudaSetDevice(dev)) != cudaSuccess) return cuda_fail(&c, "cudaSetDevice", ce);
+
+    pthread_once(&g_dev_mu_once, dev_mu_init);
+    pthread_mutex_lock(&g_dev_mu[dev]);
+    cudnnHandle_t h = NULL;
+    e = handle_get(dev, &c, &h);
+    if (h) {
+        /* batch chunks of at most ML_CUDNN_MAX_ELEMS elements in x and y (one chunk almost always) */
+        size_t esz = ml_dtype_size((ml_dtype)kd);
+        int64_t sx = numel(nd - 1, d->x + 1), sy = numel(nd - 1, d->y + 1), per = sx > sy ? sx : sy;
+        int64_t chunk = ML_CUDNN_MAX_ELEMS / per; /* per >= 1: the sizes are not 0 here */
+        if (chunk < 1) chunk = 1; /* not reached: pool_check_desc bounds one sample */
+        if (chunk > d->x[0]) chunk = d->x[0];
+        for (int64_t n0 = 0; n0 < d->x[0] && !e; n0 += chunk) {
+            ml_cuda_pool_desc dc = *d;
+            int64_t cn = d->x[0] - n0 < chunk ? d->x[0] - n0 : chunk;
+            dc.x[0] = dc.y[0] = cn;
+            size_t ox = (size_t)(n0 * sx) * esz, oy = (size_t)(n0 * sy) * esz;
+            e = pool_chunk(bwd, kd, h, &dc, (const char *)x + ox, (char *)y + oy, bwd ? (const char *)dy + oy : NULL,
+                           bwd ? (char *)dx + ox : NULL, &c);
+        }
+    }
+    pthread_mutex_unlock(&g_dev_mu[dev]);
+    if (prev != dev) (void)cudaSetDevice(prev);
+    return e;
+}
+
+ml_err ml_cuda_pool_fwd(int kd, const ml_cuda_pool_desc *d, const void *x, void *y, int dev) {
+    return pool_entry(false, kd, d, x, y, NULL, NULL, dev);
+}
+
+ml_err ml_cuda_pool_bwd(int kd, const ml_cuda_pool_desc *d, const void *x, const void *y, const void *dy, void *dx,
+                        int dev) {
+    return pool_entry(true, kd, d, x, (void *)y, dy, dx, dev);
+}
