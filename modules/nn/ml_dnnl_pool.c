@@ -9,6 +9,7 @@
  * windows whose ceil-mode overhang passes the right padding, nor uneven adaptive windows; those
  * use the direct kernels. */
 #include "ml_dnnl_priv.h"
+#include "../cuda/ml_cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -327,11 +328,78 @@ done:
     return ML_OK;
 }
 
+/* ------------------------------------------------------------ CUDA (cuDNN) */
+static void cuda_pool_desc(ml_cuda_pool_desc *d, const pgeo *g) {
+    memset(d, 0, sizeof *d);
+    d->nsp = g->k;
+    d->x[0] = d->y[0] = g->N;
+    d->x[1] = d->y[1] = g->C;
+    for (int i = 0; i < g->k; i++) {
+        int j = 3 - g->k + i;
+        d->x[2 + i] = g->I[j];
+        d->y[2 + i] = g->O[j];
+        d->kernel[i] = (int)g->K[j];
+        d->stride[i] = (int)g->s[j];
+        d->pad[i] = (int)g->p[j];
+    }
+    d->max = g->alg == PA_MAX;
+    d->count_include_pad = g->alg == PA_AVG_INCL;
+}
+
+typedef struct {
+    ml_cuda_pool_desc d;
+} cuda_pool_np;
+
+/* saved: 0 x (dense), 1 y (a second header: the output holds the node) */
+static ml_err bw_pool_cuda(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
+    const cuda_pool_np *np = (const cuda_pool_np *)n->params;
+    ml_tensor *x = ml_node_saved(n, 0), *y = ml_node_saved(n, 1), *gy = NULL;
+    if (!x || !y) return ML_ERR_GRAD;
+    ml_err e = ml_contiguous(&gy, gout[0]);
+    if (!e) e = ml_tensor_empty_like(&gin[0], x);
+    if (!e)
+        e = ml_cuda_pool_bwd(x->dtype, &np->d, ml_tensor_data(x), ml_tensor_data(y), ml_tensor_data(gy),
+                             ml_tensor_data(gin[0]), x->storage->device.index);
+    ml_tensor_release(gy);
+    return e;
+}
+
+static ml_err cuda_pool(ml_tensor **out, ml_tensor *x, const pgeo *g, const char *op) {
+    *out = NULL;
+    for (int j = 0; j < 3; j++)
+        if (g->d[j] != 1)
+            return ml_seterr(ML_ERR_UNSUPPORTED, "%s: dilation on %s is not supported (cuDNN pooling has none)", op,
+                             ml_device_str(x->storage->device));
+    ml_cuda_pool_desc d;
+    cuda_pool_desc(&d, g);
+    ml_tensor *xc = NULL, *y = NULL, *ys = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e = ml_contiguous(&xc, x);
+    ml_set_grad_enabled(prev);
+    if (e) return e;
+    if (!(e = ml_tensor_empty_on(&y, ml_tensor_device(x), (ml_dtype)x->dtype, g->k + 2, d.y)))
+        e = ml_cuda_pool_fwd(x->dtype, &d, ml_tensor_data(xc), ml_tensor_data(y), x->storage->device.index);
+    if (!e && ml_needs_grad(1, &x)) {
+        ml_node *node;
+        if (!(e = ml_detach(&ys, y)) && !(e = ml_record(op, bw_pool_cuda, 1, &x, y, &node)) && node) {
+            cuda_pool_np np = {d};
+            _Static_assert(sizeof(cuda_pool_np) <= ML_NODE_PARAM_BYTES, "pool params fit the node");
+            memcpy(node->params, &np, sizeof np);
+            if (ml_node_save(node, xc) < 0 || ml_node_save(node, ys) < 0) e = ML_ERR_INTERNAL;
+        }
+    }
+    ml_tensor_release(xc);
+    ml_tensor_release(ys);
+    if (e) { ml_tensor_release(y); return e; }
+    *out = y;
+    return ML_OK;
+}
+
 /* ------------------------------------------------------------ entry points */
 static ml_err pool_check_input(const char *op, ml_tensor *x, int k) {
     ml_tensor *ts[1] = {x};
     static const char *const names[1] = {"input"};
-    ml_err e = mld_check_float(op, 1, ts, names);
+    ml_err e = mld_check_float_on(op, 1, ts, names, true);
     if (e) return e;
     if (x->ndim != k + 2 && x->ndim != k + 1)
         return ml_seterr(ML_ERR_SHAPE, "%s: input %s must have %d dimensions [N, C, %s] (or %d unbatched)", op,
@@ -409,6 +477,7 @@ static ml_err pool_common(ml_tensor **out, ml_tensor *x, const ml_pool_params *p
                          op, ml_shape_str(p->k, os), ml_shape_str(x->ndim, x->shape), ml_shape_str(p->k, p->kernel),
                          ml_shape_str(p->k, p->stride), ml_shape_str(p->k, p->padding), ml_shape_str(p->k, p->dilation));
     }
+    if (ml_tensor_is_cuda(x)) return cuda_pool(out, x, &g, op);
     return pool_run(out, x, &g);
 }
 
@@ -453,6 +522,19 @@ ml_err ml_adaptive_avg_pool(ml_tensor **out, ml_tensor *x, int k, const int64_t 
         g.O[j] = out_size[i];
         /* largest window (for work estimates) */
         g.K[j] = (g.I[j] + g.O[j] - 1) / g.O[j] + 1;
+    }
+    if (ml_tensor_is_cuda(x)) { /* on a device: the windows must tile the input (an average pooling) */
+        for (int i = 0; i < k; i++) {
+            int j = 3 - k + i;
+            if (g.I[j] % g.O[j])
+                return ml_seterr(ML_ERR_UNSUPPORTED, "%s: output size %s does not divide input %s; on %s only evenly "
+                                 "tiling sizes are supported so far (move the tensor with :cpu())", op,
+                                 ml_shape_str(k, out_size), ml_shape_str(x->ndim, x->shape),
+                                 ml_device_str(x->storage->device));
+            g.K[j] = g.s[j] = g.I[j] / g.O[j];
+        }
+        g.alg = PA_AVG_EXCL;
+        return cuda_pool(out, x, &g, op);
     }
     return pool_run(out, x, &g);
 }

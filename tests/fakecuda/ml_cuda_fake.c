@@ -322,3 +322,47 @@ ml_err ml_cuda_conv_bwd_filter(int kd, const ml_cuda_conv_desc *d, const void *x
     (void)dev;
     return fake_conv(2, kd, d, x, dy, dw);
 }
+
+/* ------------------------------------------------------------- pooling (emulated with the CPU pooling) */
+static ml_pool_params pool_params(const ml_cuda_pool_desc *d) {
+    ml_pool_params p;
+    memset(&p, 0, sizeof p);
+    p.k = d->nsp;
+    for (int i = 0; i < d->nsp; i++) {
+        p.kernel[i] = d->kernel[i];
+        p.stride[i] = d->stride[i];
+        p.padding[i] = d->pad[i];
+        p.dilation[i] = 1;
+    }
+    p.count_include_pad = d->count_include_pad;
+    return p;
+}
+
+static ml_err fake_pool(bool bwd, int kd, const ml_cuda_pool_desc *d, const void *xp, const void *dyp, void *out) {
+    int nd = d->nsp + 2;
+    ml_pool_params p = pool_params(d);
+    ml_tensor *x = NULL, *dy = NULL, *y = NULL;
+    bool prev = ml_set_grad_enabled(bwd);
+    ml_err e = host_tensor(&x, kd, nd, d->x, xp);
+    if (!e && bwd) e = ml_set_requires_grad(x, true);
+    if (!e) e = d->max ? ml_max_pool(&y, x, &p) : ml_avg_pool(&y, x, &p);
+    if (!e && dense_numel(nd, d->y) != ml_tensor_numel(y)) e = ml_seterr(ML_ERR_SHAPE, "fake pool: output shape");
+    if (!e && !bwd) to_dev(out, y);
+    if (!e && bwd && !(e = host_tensor(&dy, kd, nd, d->y, dyp)) && !(e = ml_backward(y, dy, false))) to_dev(out, x->grad);
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(x);
+    ml_tensor_release(dy);
+    ml_tensor_release(y);
+    return e;
+}
+
+ml_err ml_cuda_pool_fwd(int kd, const ml_cuda_pool_desc *d, const void *x, void *y, int dev) {
+    (void)dev;
+    return fake_pool(false, kd, d, x, NULL, y);
+}
+ml_err ml_cuda_pool_bwd(int kd, const ml_cuda_pool_desc *d, const void *x, const void *y, const void *dy, void *dx,
+                        int dev) {
+    (void)dev;
+    (void)y;
+    return fake_pool(true, kd, d, x, dy, dx);
+}

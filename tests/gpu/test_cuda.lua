@@ -345,9 +345,36 @@ T.case("a MONAI-shaped U-Net train step (DiceCE, Adam) on the device gives the C
   T.ok(worst < 5e-3, "largest weight difference after 2 Adam steps (lr 1e-3): " .. worst)
 end)
 
+T.case("pooling (cuDNN): max/avg 1-3-D, stride, padding, count_include_pad, adaptive; gradients", function()
+  medlua.manual_seed(15)
+  local cases = {
+    {fn = "max_pool2d", x = {2, 3, 9, 8}, a = {3, {stride = 2, padding = 1}}},
+    {fn = "max_pool3d", x = {1, 2, 6, 6, 4}, a = {2}},
+    {fn = "avg_pool1d", x = {2, 3, 10}, a = {3, {stride = 2, padding = 1}}},
+    {fn = "avg_pool2d", x = {2, 3, 8, 8}, a = {3, {stride = 1, padding = 1, count_include_pad = false}}},
+    {fn = "avg_pool3d", x = {1, 2, 4, 6, 8}, a = {2}},
+    {fn = "adaptive_avg_pool2d", x = {2, 3, 8, 12}, a = {{4, 3}}},
+  }
+  for _, c in ipairs(cases) do
+    local x0 = medlua.randn(c.x, {dtype = "float64"})
+    local function run(dev)
+      local x = x0:clone():to(dev); x.requires_grad = true
+      local y = F[c.fn](x, table.unpack(c.a))
+      medlua.manual_seed(16)
+      y:backward(medlua.randn(y.shape, {dtype = "float64"}):to(dev))
+      return y, x.grad
+    end
+    local yc, gc = run("cpu")
+    local yd, gd = run("cuda")
+    close(yd:cpu(), yc, 1e-12, 1e-12, c.fn)
+    close(gd:cpu(), gc, 1e-12, 1e-12, c.fn .. " grad")
+  end
+  T.raises(function() F.adaptive_avg_pool2d(medlua.randn({1, 1, 7, 7}):cuda(), {3, 3}) end, "evenly tiling")
+end)
+
 T.case("ops without a device path are refused by name; devices do not mix", function()
   local d = medlua.randn({2, 3, 8, 8}):cuda()
-  T.raises(function() F.max_pool2d(d, 2) end, "not implemented for cuda:0 tensors yet")
+  T.raises(function() F.interpolate(d, {scale_factor = 2}) end, "not implemented for cuda:0 tensors yet")
   T.raises(function() d:index_select(0, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
   T.raises(function() d:cumsum(1) end, "not implemented for cuda")
   T.raises(function() d:var() end, "not implemented for cuda")
