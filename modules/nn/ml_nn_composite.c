@@ -51,6 +51,66 @@ static ml_err chan_view(ml_tensor **out, ml_tensor *v, int nd) {
     return ml_reshape(out, v, nd, sh);
 }
 
+/* *y = *y op b (b NULL: nothing); the old *y released */
+static ml_err step_bin(ml_tensor **y, ml_binop op, ml_tensor *b) {
+    if (!b) return ML_OK;
+    ml_tensor *t;
+    ml_err e = ml_binary(&t, op, *y, b);
+    if (e) return e;
+    ml_tensor_release(*y);
+    *y = t;
+    return ML_OK;
+}
+
+/* *y = *y op v.view(channel shape) for a per-channel vector v (NULL: nothing) */
+static ml_err step_chan(ml_tensor **y, ml_binop op, ml_tensor *v) {
+    if (!v) return ML_OK;
+    ml_tensor *vv;
+    ml_err e = chan_view(&vv, v, (*y)->ndim);
+    if (!e) e = step_bin(y, op, vv);
+    ml_tensor_release(vv);
+    return e;
+}
+
+/* y = (x - mean) * rsqrt(var + eps) with mean and biased var over dims (keepdim; returned when asked) */
+static ml_err standardize(ml_tensor **y, ml_tensor *x, int ndims, const int *dims, double eps, ml_tensor **mean_out,
+                          ml_tensor **var_out) {
+    ml_tensor *mean = NULL, *sq = NULL, *var = NULL;
+    ml_err e;
+    *y = NULL;
+    TRY(ml_reduce(&mean, ML_RMEAN, x, ndims, dims, true));
+    TRY(ml_binary(y, ML_SUB, x, mean));
+    TRY(ml_binary(&sq, ML_MUL, *y, *y));
+    TRY(ml_reduce(&var, ML_RMEAN, sq, ndims, dims, true));
+    drop(&sq);
+    TRY(ml_binary_scalar(&sq, ML_ADD, var, eps, false));
+    TRY(ml_unary_(ML_RSQRT, sq));
+    TRY(step_bin(y, ML_MUL, sq));
+    if (mean_out) { *mean_out = mean; mean = NULL; }
+    if (var_out) { *var_out = var; var = NULL; }
+done:
+    if (e) drop(y);
+    ml_tensor_release(mean);
+    ml_tensor_release(sq);
+    ml_tensor_release(var);
+    return e;
+}
+
+/* running <- (1 - momentum) running + momentum * scale * stat (outside the graph) */
+static ml_err update_running(ml_tensor *running, ml_tensor *stat, double momentum, double scale) {
+    bool prev = ml_set_grad_enabled(false);
+    int64_t c = ml_tensor_numel(running);
+    ml_tensor *v = NULL, *t = NULL;
+    ml_err e = ml_reshape(&v, stat, 1, &c);
+    if (!e) e = ml_binary_scalar_(ML_MUL, running, 1 - momentum);
+    if (!e) e = ml_binary_scalar(&t, ML_MUL, v, momentum * scale, false);
+    if (!e) e = ml_binary_(ML_ADD, running, t);
+    ml_tensor_release(v);
+    ml_tensor_release(t);
+    ml_set_grad_enabled(prev);
+    return e;
+}
+
 ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_tensor *rmean, ml_tensor *rvar,
                          ml_tensor *weight, ml_tensor *bias, bool training, double momentum, double eps,
                          ml_tensor *prelu_w) {
@@ -58,14 +118,12 @@ ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_
     int nd = x->ndim;
     int64_t N = x->shape[0], C = x->shape[1], S = 1;
     for (int i = 2; i < nd; i++) S *= x->shape[i];
-    ml_tensor *xv = NULL, *mean = NULL, *xc = NULL, *sq = NULL, *var = NULL, *ve = NULL, *rs = NULL, *y = NULL,
-              *t = NULL, *wv = NULL, *rm = NULL, *rv = NULL, *stat = NULL;
+    ml_tensor *xv = NULL, *mean = NULL, *var = NULL, *y = NULL, *t = NULL, *rm = NULL, *rv = NULL;
     ml_err e = ML_OK;
-    int dims[ML_MAX_DIMS], ndims = 0, vnd = nd;
+    int dims[ML_MAX_DIMS], ndims = 0;
     if (kind == ML_NORM_GROUP) { /* [N, G, C/G * S]: statistics over the last dim */
         int64_t gs[3] = {N, G, C / G * S};
         TRY(ml_reshape(&xv, x, 3, gs));
-        vnd = 3;
         dims[ndims++] = 2;
     } else {
         ml_tensor_retain(x);
@@ -73,62 +131,30 @@ ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_
         if (kind == ML_NORM_BATCH) dims[ndims++] = 0;
         for (int i = 2; i < nd; i++) dims[ndims++] = i;
     }
-    bool batch_stats = kind != ML_NORM_BATCH || training;
-    if (batch_stats) {
-        TRY(ml_reduce(&mean, ML_RMEAN, xv, ndims, dims, true));
-        TRY(ml_binary(&xc, ML_SUB, xv, mean));
-        TRY(ml_binary(&sq, ML_MUL, xc, xc));
-        TRY(ml_reduce(&var, ML_RMEAN, sq, ndims, dims, true)); /* biased, as the normalisation uses */
-        if (kind == ML_NORM_BATCH && rmean) {                 /* running statistics, outside the graph */
-            bool prev = ml_set_grad_enabled(false);
+    if (kind != ML_NORM_BATCH || training) {
+        TRY(standardize(&y, xv, ndims, dims, eps, &mean, &var));
+        if (kind == ML_NORM_BATCH && rmean) { /* running statistics; the variance unbiased as PyTorch keeps it */
             double cnt = (double)(N * S);
-            int64_t c1 = C;
-            e = ml_reshape(&stat, mean, 1, &c1);
-            if (!e) e = ml_binary_scalar_(ML_MUL, rmean, 1 - momentum);
-            if (!e) e = ml_binary_scalar(&t, ML_MUL, stat, momentum, false);
-            if (!e) e = ml_binary_(ML_ADD, rmean, t);
-            drop(&t);
-            drop(&stat);
-            if (!e) e = ml_reshape(&stat, var, 1, &c1);
-            if (!e) e = ml_binary_scalar_(ML_MUL, rvar, 1 - momentum);
-            if (!e) e = ml_binary_scalar(&t, ML_MUL, stat, momentum * (cnt > 1 ? cnt / (cnt - 1) : 1), false);
-            if (!e) e = ml_binary_(ML_ADD, rvar, t);
-            drop(&t);
-            drop(&stat);
-            ml_set_grad_enabled(prev);
-            if (e) goto done;
+            TRY(update_running(rmean, mean, momentum, 1));
+            TRY(update_running(rvar, var, momentum, cnt > 1 ? cnt / (cnt - 1) : 1));
         }
-    } else {
+    } else { /* evaluation: the running statistics */
         TRY(chan_view(&rm, rmean, nd));
         TRY(chan_view(&rv, rvar, nd));
-        TRY(ml_binary(&xc, ML_SUB, xv, rm));
-        ml_tensor_retain(rv);
-        var = rv;
+        TRY(ml_binary(&y, ML_SUB, xv, rm));
+        TRY(ml_binary_scalar(&t, ML_ADD, rv, eps, false));
+        TRY(ml_unary_(ML_RSQRT, t));
+        TRY(step_bin(&y, ML_MUL, t));
+        drop(&t);
     }
-    TRY(ml_binary_scalar(&ve, ML_ADD, var, eps, false));
-    TRY(ml_unary(&rs, ML_RSQRT, ve));
-    TRY(ml_binary(&y, ML_MUL, xc, rs));
-    if (vnd != nd) { /* back to the input's shape */
+    if (kind == ML_NORM_GROUP) { /* back to the input's shape */
         TRY(ml_reshape(&t, y, nd, x->shape));
         drop(&y);
         y = t;
         t = NULL;
     }
-    if (weight) {
-        TRY(chan_view(&wv, weight, nd));
-        TRY(ml_binary(&t, ML_MUL, y, wv));
-        drop(&y);
-        drop(&wv);
-        y = t;
-        t = NULL;
-    }
-    if (bias) {
-        TRY(chan_view(&wv, bias, nd));
-        TRY(ml_binary(&t, ML_ADD, y, wv));
-        drop(&y);
-        y = t;
-        t = NULL;
-    }
+    TRY(step_chan(&y, ML_MUL, weight));
+    TRY(step_chan(&y, ML_ADD, bias));
     if (prelu_w) {
         TRY(ml_prelu(&t, y, prelu_w));
         drop(&y);
@@ -140,17 +166,11 @@ ml_err ml_norm_composite(ml_tensor **out, int kind, ml_tensor *x, int64_t G, ml_
 done:
     ml_tensor_release(xv);
     ml_tensor_release(mean);
-    ml_tensor_release(xc);
-    ml_tensor_release(sq);
     ml_tensor_release(var);
-    ml_tensor_release(ve);
-    ml_tensor_release(rs);
     ml_tensor_release(y);
     ml_tensor_release(t);
-    ml_tensor_release(wv);
     ml_tensor_release(rm);
     ml_tensor_release(rv);
-    ml_tensor_release(stat);
     return e;
 }
 
@@ -178,38 +198,16 @@ ml_err ml_layer_norm_composite(ml_tensor **out, ml_tensor *x, int nnorm, ml_tens
     *out = NULL;
     int dims[ML_MAX_DIMS];
     for (int i = 0; i < nnorm; i++) dims[i] = x->ndim - nnorm + i;
-    ml_tensor *mean = NULL, *xc = NULL, *sq = NULL, *var = NULL, *ve = NULL, *rs = NULL, *y = NULL, *t = NULL;
+    ml_tensor *y = NULL;
     ml_err e;
-    TRY(ml_reduce(&mean, ML_RMEAN, x, nnorm, dims, true));
-    TRY(ml_binary(&xc, ML_SUB, x, mean));
-    TRY(ml_binary(&sq, ML_MUL, xc, xc));
-    TRY(ml_reduce(&var, ML_RMEAN, sq, nnorm, dims, true));
-    TRY(ml_binary_scalar(&ve, ML_ADD, var, eps, false));
-    TRY(ml_unary(&rs, ML_RSQRT, ve));
-    TRY(ml_binary(&y, ML_MUL, xc, rs));
-    if (weight) { /* weight/bias have the normalised shape: they broadcast over the leading dims */
-        TRY(ml_binary(&t, ML_MUL, y, weight));
-        drop(&y);
-        y = t;
-        t = NULL;
-    }
-    if (bias) {
-        TRY(ml_binary(&t, ML_ADD, y, bias));
-        drop(&y);
-        y = t;
-        t = NULL;
-    }
+    TRY(standardize(&y, x, nnorm, dims, eps, NULL, NULL));
+    /* weight/bias have the normalised shape: they broadcast over the leading dims */
+    TRY(step_bin(&y, ML_MUL, weight));
+    TRY(step_bin(&y, ML_ADD, bias));
     *out = y;
     y = NULL;
 done:
-    ml_tensor_release(mean);
-    ml_tensor_release(xc);
-    ml_tensor_release(sq);
-    ml_tensor_release(var);
-    ml_tensor_release(ve);
-    ml_tensor_release(rs);
     ml_tensor_release(y);
-    ml_tensor_release(t);
     return e;
 }
 
