@@ -251,31 +251,34 @@ typedef struct {
 } descs;
 
 /* d's shapes as cuDNN sees them (a unit H for 1-D). The caller checked that every value fits int. */
+/* [N, C, spatial...] as cuDNN takes it: a 1-D op becomes 2-D with a unit H; returns the rank */
+static int cudnn_dims(int nsp, const int64_t *src, int *dst) {
+    if (nsp == 1) {
+        dst[0] = (int)src[0], dst[1] = (int)src[1], dst[2] = 1, dst[3] = (int)src[2];
+        return 4;
+    }
+    for (int i = 0; i < nsp + 2; i++) dst[i] = (int)src[i];
+    return nsp + 2;
+}
+
+/* per-spatial-dim parameters; the unit H of a 1-D op gets the neutral value; returns the count */
+static int cudnn_params(int nsp, const int *src, int neutral, int *dst) {
+    if (nsp == 1) {
+        dst[0] = neutral, dst[1] = src[0];
+        return 2;
+    }
+    for (int i = 0; i < nsp; i++) dst[i] = src[i];
+    return nsp;
+}
+
 static void geom_make(geom *g, int kd, const ml_cuda_conv_desc *d) {
     memset(g, 0, sizeof *g);
-    int nsp = d->nsp;
-    if (nsp == 1) {
-        g->nb = 4;
-        g->nconv = 2;
-        g->xd[0] = (int)d->x[0], g->xd[1] = (int)d->x[1], g->xd[2] = 1, g->xd[3] = (int)d->x[2];
-        g->wd[0] = (int)d->w[0], g->wd[1] = (int)d->w[1], g->wd[2] = 1, g->wd[3] = (int)d->w[2];
-        g->yd[0] = (int)d->y[0], g->yd[1] = (int)d->y[1], g->yd[2] = 1, g->yd[3] = (int)d->y[2];
-        g->pad[0] = 0, g->stride[0] = 1, g->dil[0] = 1;
-        g->pad[1] = d->pad[0], g->stride[1] = d->stride[0], g->dil[1] = d->dil[0];
-    } else {
-        g->nb = nsp + 2;
-        g->nconv = nsp;
-        for (int i = 0; i < nsp + 2; i++) {
-            g->xd[i] = (int)d->x[i];
-            g->wd[i] = (int)d->w[i];
-            g->yd[i] = (int)d->y[i];
-        }
-        for (int i = 0; i < nsp; i++) {
-            g->pad[i] = d->pad[i];
-            g->stride[i] = d->stride[i];
-            g->dil[i] = d->dil[i];
-        }
-    }
+    g->nb = cudnn_dims(d->nsp, d->x, g->xd);
+    cudnn_dims(d->nsp, d->w, g->wd);
+    cudnn_dims(d->nsp, d->y, g->yd);
+    g->nconv = cudnn_params(d->nsp, d->pad, 0, g->pad);
+    cudnn_params(d->nsp, d->stride, 1, g->stride);
+    cudnn_params(d->nsp, d->dil, 1, g->dil);
     switch (kd) {
     case ML_F64: g->dt = CUDNN_DATA_DOUBLE; g->ct = CUDNN_DATA_DOUBLE; g->math = CUDNN_DEFAULT_MATH; break;
     case ML_BF16: g->dt = CUDNN_DATA_BFLOAT16; g->ct = CUDNN_DATA_FLOAT; g->math = CUDNN_TENSOR_OP_MATH; break;
@@ -926,27 +929,11 @@ static ml_err pool_check_desc(int kd, const ml_cuda_pool_desc *d, const callctx 
 /* d's shapes as cuDNN sees them (a unit H for 1-D). The caller checked that every value fits int. */
 static void pgeom_make(pgeom *g, int kd, const ml_cuda_pool_desc *d) {
     memset(g, 0, sizeof *g);
-    int nsp = d->nsp;
-    if (nsp == 1) {
-        g->nb = 4;
-        g->npool = 2;
-        g->xd[0] = (int)d->x[0], g->xd[1] = (int)d->x[1], g->xd[2] = 1, g->xd[3] = (int)d->x[2];
-        g->yd[0] = (int)d->y[0], g->yd[1] = (int)d->y[1], g->yd[2] = 1, g->yd[3] = (int)d->y[2];
-        g->win[0] = 1, g->pad[0] = 0, g->stride[0] = 1;
-        g->win[1] = d->kernel[0], g->pad[1] = d->pad[0], g->stride[1] = d->stride[0];
-    } else {
-        g->nb = nsp + 2;
-        g->npool = nsp;
-        for (int i = 0; i < nsp + 2; i++) {
-            g->xd[i] = (int)d->x[i];
-            g->yd[i] = (int)d->y[i];
-        }
-        for (int i = 0; i < nsp; i++) {
-            g->win[i] = d->kernel[i];
-            g->pad[i] = d->pad[i];
-            g->stride[i] = d->stride[i];
-        }
-    }
+    g->nb = cudnn_dims(d->nsp, d->x, g->xd);
+    cudnn_dims(d->nsp, d->y, g->yd);
+    g->npool = cudnn_params(d->nsp, d->kernel, 1, g->win);
+    cudnn_params(d->nsp, d->pad, 0, g->pad);
+    cudnn_params(d->nsp, d->stride, 1, g->stride);
     g->dt = kd == ML_F64 ? CUDNN_DATA_DOUBLE : kd == ML_BF16 ? CUDNN_DATA_BFLOAT16 : kd == ML_F16 ? CUDNN_DATA_HALF
                                                                                              : CUDNN_DATA_FLOAT;
     g->mode = d->max ? CUDNN_POOLING_MAX_DETERMINISTIC
