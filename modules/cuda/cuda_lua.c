@@ -3,7 +3,8 @@
  *   medlua.cuda.status()           "ok", or why not ("built without CUDA", "no CUDA driver ...", ...)
  *   medlua.cuda.device_count(), medlua.cuda.device_name(i = 0), medlua.cuda.mem_info(i) -> free, total
  *   medlua.cuda.synchronize(i = all), medlua.cuda.empty_cache(), medlua.cuda.memory_stats(i = 0)
- *   medlua.cuda.tf32(on?)          TF32 tensor cores for float32 matmul (off by default, like PyTorch)
+ *   medlua.cuda.tf32(on?)          TF32 tensor cores for float32 matmul/conv (off by default)
+ *   medlua.cuda.benchmark(on?)     pick cuDNN algorithms by timing them per shape (cudnn.benchmark)
  * Tensors move with t:cuda(), t:cpu(), t:to("cuda:1"); creation functions take {device = "cuda"}. */
 #include "../tensor/tensor_lua.h"
 #include "ml_cuda.h"
@@ -75,6 +76,14 @@ static int l_tf32(lua_State *L) {
     return 1;
 }
 
+/* medlua.cuda.benchmark(on?) -> previous: cuDNN algorithms by timing (cudnnFind) per shape, like cudnn.benchmark */
+static int l_benchmark(lua_State *L) {
+    bool prev = ml_cuda_benchmark();
+    if (!lua_isnoneornil(L, 1)) ml_cuda_set_benchmark(lua_toboolean(L, 1));
+    lua_pushboolean(L, prev);
+    return 1;
+}
+
 static const luaL_Reg cuda_funcs[] = {
     {"available", l_available},
     {"compiled", l_compiled},
@@ -87,6 +96,7 @@ static const luaL_Reg cuda_funcs[] = {
     {"memory_stats", l_memory_stats},
     {"reset_peak_memory_stats", l_reset_peak},
     {"tf32", l_tf32},
+    {"benchmark", l_benchmark},
     {NULL, NULL}};
 
 void ml_lua_open_cuda(lua_State *L) {
