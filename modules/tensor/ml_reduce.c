@@ -13,6 +13,7 @@
 #include "ml_iter.h"
 #include "ml_ew_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -543,6 +544,84 @@ done:
     return e;
 }
 
+/* ---- device forms of var/std, norm and logsumexp: compositions of recorded device ops (autograd gives
+ * their gradients); the CPU keeps its own kernels */
+static int red_dims(const ml_tensor *a, const bool *red, int *dims) {
+    int n = 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (red[d]) dims[n++] = d;
+    return n;
+}
+
+/* *t = f(*t) with the old *t released */
+static ml_err swap_in(ml_tensor **t, ml_tensor *nt, ml_err e) {
+    if (e) return e;
+    ml_tensor_release(*t);
+    *t = nt;
+    return ML_OK;
+}
+
+static ml_err device_var(ml_tensor **out, ml_tensor *a, const bool *red, bool keepdim, double correction,
+                         bool take_sqrt, int64_t count) {
+    int dims[ML_MAX_DIMS], nd = red_dims(a, red, dims);
+    ml_tensor *mean = NULL, *t = NULL, *nt = NULL;
+    ml_err e = ml_reduce(&mean, ML_RMEAN, a, nd, dims, true);
+    if (!e) e = ml_binary(&t, ML_SUB, a, mean);
+    if (!e) e = swap_in(&t, nt, ml_binary(&nt, ML_MUL, t, t));
+    if (!e) e = swap_in(&t, nt, ml_reduce(&nt, ML_RSUM, t, nd, dims, keepdim));
+    double den = (double)count - correction;
+    if (!e) e = swap_in(&t, nt, ml_binary_scalar(&nt, ML_DIV, t, den > 0 ? den : 0, false));
+    if (!e && take_sqrt) e = swap_in(&t, nt, ml_unary(&nt, ML_SQRT, t));
+    ml_tensor_release(mean);
+    if (e) { ml_tensor_release(t); return e; }
+    *out = t;
+    return ML_OK;
+}
+
+static ml_err device_norm(ml_tensor **out, ml_tensor *a, double p, const bool *red, bool keepdim) {
+    if (p == 0)
+        return ml_seterr(ML_ERR_UNSUPPORTED, "norm: p = 0 (count of nonzeros) is not implemented on %s yet",
+                         ml_device_str(a->storage->device));
+    int dims[ML_MAX_DIMS], nd = red_dims(a, red, dims);
+    ml_tensor *t = NULL, *nt = NULL;
+    ml_err e = p == 2 ? ml_binary(&t, ML_MUL, a, a) : ml_unary(&t, ML_ABS, a);
+    if (!e && isinf(p)) e = swap_in(&t, nt, ml_reduce(&nt, p > 0 ? ML_RAMAX : ML_RAMIN, t, nd, dims, keepdim));
+    else if (!e) {
+        if (p != 1 && p != 2) e = swap_in(&t, nt, ml_binary_scalar(&nt, ML_POW, t, p, false));
+        if (!e) e = swap_in(&t, nt, ml_reduce(&nt, ML_RSUM, t, nd, dims, keepdim));
+        if (!e && p == 2) e = swap_in(&t, nt, ml_unary(&nt, ML_SQRT, t));
+        else if (!e && p != 1) e = swap_in(&t, nt, ml_binary_scalar(&nt, ML_POW, t, 1 / p, false));
+    }
+    if (e) { ml_tensor_release(t); return e; }
+    *out = t;
+    return ML_OK;
+}
+
+/* log(sum(exp(a - m))) + m with m the (constant) max */
+static ml_err device_logsumexp(ml_tensor **out, ml_tensor *a, const bool *red, bool keepdim, int ond,
+                               const int64_t *oshape) {
+    int dims[ML_MAX_DIMS], nd = red_dims(a, red, dims);
+    ml_tensor *m = NULL, *md = NULL, *t = NULL, *nt = NULL;
+    ml_err e = ml_reduce(&m, ML_RAMAX, a, nd, dims, true);
+    if (!e) e = ml_detach(&md, m);
+    if (!e) { /* an infinite max (all -inf, or +inf) becomes the largest finite value: the result is then
+               * -inf / +inf as the CPU's (which shifts by 0 there), not inf - inf */
+        double big = a->dtype == ML_F64 ? DBL_MAX : FLT_MAX;
+        e = swap_in(&md, nt, ml_clamp(&nt, md, -big, big));
+    }
+    if (!e) e = ml_binary(&t, ML_SUB, a, md);
+    if (!e) e = swap_in(&t, nt, ml_unary(&nt, ML_EXP, t));
+    if (!e) e = swap_in(&t, nt, ml_reduce(&nt, ML_RSUM, t, nd, dims, true));
+    if (!e) e = swap_in(&t, nt, ml_unary(&nt, ML_LOG, t));
+    if (!e) e = swap_in(&t, nt, ml_binary(&nt, ML_ADD, t, md));
+    if (!e && !keepdim) e = swap_in(&t, nt, ml_reshape(&nt, t, ond, oshape));
+    ml_tensor_release(m);
+    ml_tensor_release(md);
+    if (e) { ml_tensor_release(t); return e; }
+    *out = t;
+    return ML_OK;
+}
+
 ml_err ml_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, int ndims, const int *dims, bool keepdim) {
     *out = NULL;
     if ((unsigned)op >= ML_NREDOPS) return ml_seterr(ML_ERR_ARG, "reduce: unknown op %d", (int)op);
@@ -570,7 +649,8 @@ ml_err ml_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, int ndims, const in
     double *shift = NULL;
     int64_t no;
     if (ml_tensor_is_cuda(a)) {
-        if (!isf || op == ML_RLOGSUMEXP) return ml_check_cpu(name, a);
+        if (!isf) return ml_check_cpu(name, a);
+        if (op == ML_RLOGSUMEXP) return device_logsumexp(out, a, red, keepdim, ond, oshape);
         if ((e = cuda_reduce(&res, op, a, red, kd, ond, oshape, count))) return e;
         goto finish;
     }
@@ -649,10 +729,13 @@ ml_err ml_var(ml_tensor **out, ml_tensor *a, int ndims, const int *dims, double 
     *out = NULL;
     const char *name = take_sqrt ? "std" : "var";
     ml_err e;
-    if ((e = ml_check_cpu(name, a))) return e;
     if ((e = ml_tensor_plain(a))) return e;
     bool red[ML_MAX_DIMS];
     if ((e = parse_dims(name, a, ndims, dims, red))) return e;
+    if (ml_tensor_is_cuda(a)) {
+        if (!ml_dtype_is_float((ml_dtype)a->dtype)) return ml_check_cpu(name, a);
+        return device_var(out, a, red, keepdim, correction, take_sqrt, red_count(a, red));
+    }
     int64_t oshape[ML_MAX_DIMS], kshape[ML_MAX_DIMS];
     int ond = red_out_shape(a, red, keepdim, oshape);
     keep_shape(a->ndim, a->shape, red, kshape);
@@ -748,10 +831,14 @@ done:
 ml_err ml_norm(ml_tensor **out, ml_tensor *a, double p, int ndims, const int *dims, bool keepdim) {
     *out = NULL;
     ml_err e;
-    if ((e = ml_tensor_plain(a)) || (e = ml_check_cpu("norm", a))) return e;
+    if ((e = ml_tensor_plain(a))) return e;
     if (isnan(p)) return ml_seterr(ML_ERR_ARG, "norm: p must not be NaN");
     bool red[ML_MAX_DIMS];
     if ((e = parse_dims("norm", a, ndims, dims, red))) return e;
+    if (ml_tensor_is_cuda(a)) {
+        if (!ml_dtype_is_float((ml_dtype)a->dtype)) return ml_check_cpu("norm", a);
+        return device_norm(out, a, p, red, keepdim);
+    }
     int64_t oshape[ML_MAX_DIMS];
     int ond = red_out_shape(a, red, keepdim, oshape);
     ml_dtype ad = (ml_dtype)a->dtype, kd = ad == ML_F64 ? ML_F64 : ML_F32, od = ml_dtype_is_float(ad) ? ad : ML_F32;
