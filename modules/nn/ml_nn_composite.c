@@ -5,6 +5,7 @@
  * CPU kernels. */
 #include "ml_nn_composite.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define TRY(x)                  \
@@ -332,4 +333,83 @@ done:
     ml_tensor_release(den);
     ml_tensor_release(tgt);
     return e;
+}
+
+/* ------------------------------------------------------------------ pad */
+/* *t = cat(parts, d) with the parts released */
+static ml_err cat_parts(ml_tensor **t, ml_tensor **parts, int n, int d) {
+    ml_tensor *r = NULL;
+    ml_err e = ml_cat(&r, n, parts, d);
+    for (int i = 0; i < n; i++) ml_tensor_release(parts[i]);
+    if (e) return e;
+    ml_tensor_release(*t);
+    *t = r;
+    return ML_OK;
+}
+
+/* one side of dim d: `len` values (constant, the edge repeated, or the mirror image without the edge) */
+static ml_err pad_side(ml_tensor **out, ml_tensor *t, int d, int64_t len, bool low, ml_pad_mode mode, double value) {
+    int64_t n = t->shape[d];
+    if (mode == ML_PAD_CONSTANT) {
+        int64_t sh[ML_MAX_DIMS];
+        memcpy(sh, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        sh[d] = len;
+        ml_err e = ml_tensor_empty_on(out, ml_tensor_device(t), (ml_dtype)t->dtype, t->ndim, sh);
+        if (!e) e = ml_fill_(*out, value);
+        return e;
+    }
+    if (mode == ML_PAD_REPLICATE) {
+        ml_tensor *edge = NULL;
+        int64_t sh[ML_MAX_DIMS];
+        memcpy(sh, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        sh[d] = len;
+        ml_err e = ml_narrow(&edge, t, d, low ? 0 : n - 1, 1);
+        if (!e) e = ml_expand(out, edge, t->ndim, sh);
+        ml_tensor_release(edge);
+        return e;
+    }
+    /* reflect: positions len..1 on the low side, n-2..n-1-len on the high side, one slice each */
+    ml_tensor **sl = calloc((size_t)len, sizeof *sl);
+    if (!sl) return ml_seterr(ML_ERR_OOM, "pad: out of memory");
+    ml_err e = ML_OK;
+    for (int64_t i = 0; i < len && !e; i++) e = ml_narrow(&sl[i], t, d, low ? len - i : n - 2 - i, 1);
+    if (!e) e = ml_cat(out, (int)len, sl, d);
+    for (int64_t i = 0; i < len; i++) ml_tensor_release(sl[i]);
+    free(sl);
+    return e;
+}
+
+ml_err ml_pad_composite(ml_tensor **out, ml_tensor *x, int P, const int64_t *lo, const int64_t *hi, ml_pad_mode mode,
+                        double value) {
+    *out = NULL;
+    ml_tensor *t = x;
+    ml_tensor_retain(t);
+    ml_err e = ML_OK;
+    int lead = x->ndim - P;
+    for (int p = 0; p < P && !e; p++) {
+        int d = lead + p;
+        int64_t l = lo[p], h = hi[p];
+        if (l < 0 || h < 0) { /* negative padding crops first */
+            ml_tensor *c = NULL;
+            int64_t a = l < 0 ? -l : 0, b = h < 0 ? -h : 0;
+            e = ml_narrow(&c, t, d, a, t->shape[d] - a - b);
+            if (e) break;
+            ml_tensor_release(t);
+            t = c;
+        }
+        ml_tensor *parts[3];
+        int np = 0;
+        if (l > 0 && (e = pad_side(&parts[np++], t, d, l, true, mode, value))) { np--; }
+        if (!e) { ml_tensor_retain(t); parts[np++] = t; }
+        if (!e && h > 0 && (e = pad_side(&parts[np++], t, d, h, false, mode, value))) { np--; }
+        if (e) {
+            for (int i = 0; i < np; i++) ml_tensor_release(parts[i]);
+            break;
+        }
+        if (np > 1) e = cat_parts(&t, parts, np, d);
+        else ml_tensor_release(parts[0]);
+    }
+    if (e) { ml_tensor_release(t); return e; }
+    *out = t;
+    return ML_OK;
 }

@@ -22,4 +22,8 @@ ml_err ml_dropout_composite(ml_tensor **out, ml_tensor *x, double p);
 ml_err ml_cross_entropy_composite(ml_tensor **out, ml_tensor *x, const ml_tensor *tc, ml_tensor *prob,
                                   ml_tensor *weight, int64_t ignore_index, double label_smoothing, int reduction);
 
+/* pad of the last P dims: lo/hi per dim (negative crops), as ml_pad checked them */
+ml_err ml_pad_composite(ml_tensor **out, ml_tensor *x, int P, const int64_t *lo, const int64_t *hi, ml_pad_mode mode,
+                        double value);
+
 #endif

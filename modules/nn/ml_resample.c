@@ -16,6 +16,7 @@
  * for T = float and T = double (this file includes itself with ML_RESAMPLE_GEN defined). */
 #ifndef ML_RESAMPLE_GEN
 #include "ml_nn_util.h"
+#include "ml_nn_composite.h"
 
 #include <math.h>
 
@@ -297,6 +298,7 @@ ml_err ml_pad(ml_tensor **out, ml_tensor *x, int npads, const int64_t *pads, ml_
                              ml_shape_str(x->ndim, x->shape));
         oshape[lead + p] = o;
     }
+    if (ml_tensor_is_cuda(x)) return ml_pad_composite(out, x, pp.P, pp.lo, pp.hi, mode, value);
     ml_tensor *xc = NULL, *y = NULL;
     if ((e = nn_contig(&xc, x))) return e;
     if ((e = ml_tensor_empty(&y, (ml_dtype)x->dtype, x->ndim, oshape))) { ml_tensor_release(xc); return e; }

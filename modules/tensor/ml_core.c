@@ -700,6 +700,15 @@ ml_err ml_fill_(ml_tensor *t, double v) {
     return ML_OK;
 }
 
+ml_err ml_zeros_on(ml_tensor **out, ml_device dev, ml_dtype dt, int ndim, const int64_t *shape) {
+    ml_err e = ml_tensor_empty_on(out, dev, dt, ndim, shape);
+    if (!e && (e = ml_fill_(*out, 0))) {
+        ml_tensor_release(*out);
+        *out = NULL;
+    }
+    return e;
+}
+
 ml_err ml_full(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape, double v) {
     ml_err e = ml_tensor_empty(out, dt, ndim, shape);
     if (e) return e;

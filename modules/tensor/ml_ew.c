@@ -896,7 +896,7 @@ static ml_err bw_unary(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     if (p->iop == -1) {
         e = ml_ew_map(&r, p->name, IOP_NEG, 1, &g, NULL);
     } else if (p->iop == -2) {
-        e = ml_zeros(&r, (ml_dtype)g->dtype, g->ndim, g->shape);
+        e = ml_zeros_on(&r, ml_tensor_device(g), (ml_dtype)g->dtype, g->ndim, g->shape);
     } else {
         ml_tensor *s = ml_node_saved(n, 0);
         if (!s) return ML_ERR_GRAD;

@@ -194,6 +194,7 @@ ml_err ml_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, co
 
 /* ----------------------------------------------------------- creation */
 ml_err ml_zeros(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape);
+ml_err ml_zeros_on(ml_tensor **out, ml_device dev, ml_dtype dt, int ndim, const int64_t *shape);
 ml_err ml_ones(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape);
 ml_err ml_full(ml_tensor **out, ml_dtype dt, int ndim, const int64_t *shape, double value);
 ml_err ml_arange(ml_tensor **out, ml_dtype dt, double start, double end, double step);

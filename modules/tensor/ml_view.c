@@ -46,7 +46,7 @@ static ml_err bw_expand(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
 static ml_err bw_slice(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     view_params *p = (view_params *)n->params;
     ml_tensor *z, *v = NULL;
-    ml_err e = ml_zeros(&z, (ml_dtype)gout[0]->dtype, n->in_ndim[0], n->in_shape[0]);
+    ml_err e = ml_zeros_on(&z, ml_tensor_device(gout[0]), (ml_dtype)gout[0]->dtype, n->in_ndim[0], n->in_shape[0]);
     if (e) return e;
     if (p->kind == 2) e = ml_select(&v, z, p->dim, p->start);
     else e = ml_slice(&v, z, p->dim, p->start, p->start + p->step * (gout[0]->shape[p->dim] - 1) + 1, p->step);

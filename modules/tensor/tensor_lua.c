@@ -57,7 +57,7 @@ static const char *const cuda_ops[] = {
     "le", "leaky_relu", "linear", "log", "log1p", "log1p_", "log_", "log_softmax", "logical_and", "logical_not",
     "logical_or", "logical_xor", "logsumexp", "long", "lt", "matmul", "max_pool1d", "max_pool2d", "max_pool3d",
     "maximum", "maximum_", "mean", "minimum", "minimum_", "mm", "mse_loss", "mul", "mul_", "narrow", "ne", "neg",
-    "neg_", "nelement", "norm", "normal_", "numel", "ones_like", "permute", "pow", "pow_", "prelu", "prod",
+    "neg_", "nelement", "norm", "normal_", "numel", "ones_like", "pad", "permute", "pow", "pow_", "prelu", "prod",
     "rand_like", "randn_like", "reciprocal", "reciprocal_", "relu", "relu_", "requires_grad_", "reshape",
     "retain_grad", "round", "round_", "rsqrt", "rsqrt_", "select", "sigmoid", "sigmoid_", "sign", "sign_", "silu",
     "silu_", "sin", "sin_", "size", "slice", "softmax", "softplus", "softplus_", "sqrt", "sqrt_", "square", "square_",

@@ -155,6 +155,28 @@ T.case("var, std, norm, logsumexp on the device, values and gradients", function
   T.ok(ninf:cuda():logsumexp(1):cpu():equal(ninf:logsumexp(1)), "all -inf rows give -inf as on the CPU")
 end)
 
+T.case("pad on the device: constant, replicate, reflect, negative pads; gradients", function()
+  medlua.manual_seed(18)
+  local x0 = medlua.randn({2, 3, 5, 6}, {dtype = "float64"})
+  local cases = {{{1, 2}, {mode = "constant", value = 1.5}}, {{2, 1, 0, 3}, {mode = "replicate"}},
+                 {{2, 3, 1, 1}, {mode = "reflect"}}, {{-1, 2, 1, -2}, {mode = "constant"}},
+                 {{1, 1, 1, 1, 1, 1}, {mode = "constant"}}}
+  for _, c in ipairs(cases) do
+    local function run(dev)
+      local x = x0:clone():to(dev); x.requires_grad = true
+      local y = F.pad(x, c[1], c[2])
+      medlua.manual_seed(19)
+      y:backward(medlua.randn(y.shape, {dtype = "float64"}):to(dev))
+      return y, x.grad
+    end
+    local yc, gc = run("cpu")
+    local yd, gd = run("cuda")
+    local what = "pad " .. c[2].mode .. " [" .. table.concat(c[1], ",") .. "]"
+    close(yd:cpu(), yc, 0, 0, what)
+    close(gd:cpu(), gc, 1e-12, 1e-12, what .. " grad")
+  end
+end)
+
 T.case("matmul, mm, bmm on the device (cuBLAS)", function()
   medlua.manual_seed(5)
   local cases = {{{5, 7}, {7, 3}}, {{2, 5, 7}, {7, 4}}, {{2, 5, 7}, {2, 7, 4}}, {{3, 1, 4, 6}, {2, 6, 5}},
