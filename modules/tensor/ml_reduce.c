@@ -988,12 +988,68 @@ static ml_err bw_maxdim(ml_node *n, ml_tensor **gout, ml_tensor **gin) {
     return ml_grad_finish(&gin[0], z, n, 0);
 }
 
+/* max/min with indices (argmax/argmin) on a device: ml_cuda_reduce with the index output (first index of the
+ * extreme, NaN first, as the CPU); the values' gradient (routed to the index) is not on the device yet */
+static ml_err device_argext(ml_tensor **values, ml_tensor **indices, ml_tensor *a, bool flat, int d, bool mx,
+                            const char *name, ml_dtype kd, int ond, const int64_t *oshape) {
+    if (kd == ML_I64) return ml_check_cpu(name, a);
+    if (values && ml_needs_grad(1, &a))
+        return ml_seterr(ML_ERR_UNSUPPORTED, "%s: values with indices of a tensor that requires grad are not "
+                         "differentiable on %s yet (shape %s); use amax/amin, or :cpu()", name,
+                         ml_device_str(a->storage->device), ml_shape_str(a->ndim, a->shape));
+    bool red[ML_MAX_DIMS] = {0};
+    int64_t ks[ML_MAX_DIMS];
+    for (int i = 0; i < a->ndim; i++) {
+        red[i] = flat || i == d;
+        ks[i] = red[i] ? 1 : a->shape[i];
+    }
+    ml_tensor *ac = NULL, *vk = NULL, *ixk = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e = ml_to_dtype(&ac, a, kd);
+    if (!e) e = ml_tensor_empty_on(&vk, ml_tensor_device(a), kd, a->ndim, ks);
+    if (!e) e = ml_tensor_empty_on(&ixk, ml_tensor_device(a), ML_I64, a->ndim, ks);
+    if (!e) {
+        ml_cuda_opnd o = {0}, in = {0}, ix = {0};
+        o.base = vk->storage->data;
+        o.dtype = kd;
+        memcpy(o.st, vk->stride, sizeof o.st);
+        ix.base = ixk->storage->data;
+        ix.dtype = ML_I64;
+        memcpy(ix.st, ixk->stride, sizeof ix.st);
+        in.base = ac->storage->data;
+        in.dtype = kd;
+        in.off = ac->offset;
+        memcpy(in.st, ac->stride, sizeof in.st);
+        e = ml_cuda_reduce(mx ? 1 : 2, kd, a->ndim, a->shape, red, &o, &in, &ix);
+    }
+    if (!e) e = ml_reshape(indices, ixk, ond, oshape);
+    if (!e && values) {
+        ml_tensor *v = NULL;
+        if (!(e = ml_reshape(&v, vk, ond, oshape))) {
+            e = ml_to_dtype(values, v, (ml_dtype)a->dtype);
+            ml_tensor_release(v);
+        }
+    }
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(ac);
+    ml_tensor_release(vk);
+    ml_tensor_release(ixk);
+    if (e) {
+        ml_tensor_release(*indices);
+        *indices = NULL;
+        if (values) {
+            ml_tensor_release(*values);
+            *values = NULL;
+        }
+    }
+    return e;
+}
+
 static ml_err argext(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int dim, bool keepdim, bool mx,
                      const char *name) {
     if (values) *values = NULL;
     *indices = NULL;
     ml_err e;
-    if ((e = ml_check_cpu(name, a))) return e;
     if ((e = ml_tensor_plain(a))) return e;
     bool flat = dim == ML_ALL_DIMS;
     int d = 0;
@@ -1024,6 +1080,7 @@ static ml_err argext(ml_tensor **values, ml_tensor **indices, ml_tensor *a, int 
                          ml_shape_str(a->ndim, a->shape), d);
     ml_dtype ad = (ml_dtype)a->dtype;
     ml_dtype kd = ml_dtype_is_float(ad) ? (ad == ML_F64 ? ML_F64 : ML_F32) : ML_I64;
+    if (ml_tensor_is_cuda(a)) return device_argext(values, indices, a, flat, d, mx, name, kd, ond, oshape);
     ml_tensor *ac = NULL, *vt = NULL, *it = NULL, *ik = NULL;
     if ((e = prep_input(&ac, a, kd))) return e;
     if ((e = ml_tensor_empty(&it, ML_I64, ond, oshape))) goto done;

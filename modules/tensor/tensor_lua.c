@@ -47,23 +47,23 @@ ml_lua_box *ml_lua_tobox(lua_State *L, int idx) {
  * arguments fetched without a name (ml_lua_totensor) are checked against the op named last. */
 static const char *const cuda_ops[] = {
     "abs", "abs_", "adam_step_", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "add", "add_",
-    "amax", "amin", "atan2", "atan2_", "avg_pool1d", "avg_pool2d", "avg_pool3d", "backward", "batch_norm", "bfloat16",
-    "bmm", "bool", "byte", "cat", "ceil", "ceil_", "clamp", "clamp_", "clip", "clone", "contiguous", "conv1d",
-    "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "copy_", "cos", "cos_", "cpu",
-    "cross_entropy", "cuda", "detach", "dim", "div", "div_", "double", "dropout", "element_size", "elu", "empty_like",
-    "eq", "erf", "erf_", "exp", "exp_", "expand", "expand_as", "expm1", "expm1_", "fill_", "flatten", "float",
-    "floor", "floor_", "fmod", "fmod_", "full_like", "ge", "gelu", "gelu_", "grad", "group_norm", "gt", "half",
-    "instance_norm", "int", "is_contiguous", "is_floating_point", "isinf", "isnan", "item", "l1_loss", "layer_norm",
-    "le", "leaky_relu", "linear", "log", "log1p", "log1p_", "log_", "log_softmax", "logical_and", "logical_not",
-    "logical_or", "logical_xor", "logsumexp", "long", "lt", "matmul", "max_pool1d", "max_pool2d", "max_pool3d",
-    "maximum", "maximum_", "mean", "minimum", "minimum_", "mm", "mse_loss", "mul", "mul_", "narrow", "ne", "neg",
-    "neg_", "nelement", "norm", "normal_", "numel", "ones_like", "pad", "permute", "pow", "pow_", "prelu", "prod",
-    "rand_like", "randn_like", "reciprocal", "reciprocal_", "relu", "relu_", "requires_grad_", "reshape",
-    "retain_grad", "round", "round_", "rsqrt", "rsqrt_", "select", "sigmoid", "sigmoid_", "sign", "sign_", "silu",
-    "silu_", "sin", "sin_", "size", "slice", "softmax", "softplus", "softplus_", "sqrt", "sqrt_", "square", "square_",
-    "squeeze", "stack", "std", "storage_offset", "stride", "sub", "sub_", "sum", "t", "tan", "tan_", "tanh", "tanh_",
-    "to", "tostring", "transpose", "trunc", "trunc_", "uniform_", "unsqueeze", "var", "view", "view_as", "zero_",
-    "zeros_like"};
+    "amax", "amin", "argmax", "argmin", "atan2", "atan2_", "avg_pool1d", "avg_pool2d", "avg_pool3d", "backward",
+    "batch_norm", "bfloat16", "bmm", "bool", "byte", "cat", "ceil", "ceil_", "clamp", "clamp_", "clip", "clone",
+    "contiguous", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "copy_",
+    "cos", "cos_", "cpu", "cross_entropy", "cuda", "detach", "dim", "div", "div_", "double", "dropout",
+    "element_size", "elu", "empty_like", "eq", "erf", "erf_", "exp", "exp_", "expand", "expand_as", "expm1", "expm1_",
+    "fill_", "flatten", "float", "floor", "floor_", "fmod", "fmod_", "full_like", "ge", "gelu", "gelu_", "grad",
+    "group_norm", "gt", "half", "instance_norm", "int", "is_contiguous", "is_floating_point", "isinf", "isnan",
+    "item", "l1_loss", "layer_norm", "le", "leaky_relu", "linear", "log", "log1p", "log1p_", "log_", "log_softmax",
+    "logical_and", "logical_not", "logical_or", "logical_xor", "logsumexp", "long", "lt", "matmul", "max",
+    "max_pool1d", "max_pool2d", "max_pool3d", "maximum", "maximum_", "mean", "min", "minimum", "minimum_", "mm",
+    "mse_loss", "mul", "mul_", "narrow", "ne", "neg", "neg_", "nelement", "norm", "normal_", "numel", "ones_like",
+    "pad", "permute", "pow", "pow_", "prelu", "prod", "rand_like", "randn_like", "reciprocal", "reciprocal_", "relu",
+    "relu_", "requires_grad_", "reshape", "retain_grad", "round", "round_", "rsqrt", "rsqrt_", "select", "sigmoid",
+    "sigmoid_", "sign", "sign_", "silu", "silu_", "sin", "sin_", "size", "slice", "softmax", "softplus", "softplus_",
+    "sqrt", "sqrt_", "square", "square_", "squeeze", "stack", "std", "storage_offset", "stride", "sub", "sub_", "sum",
+    "t", "tan", "tan_", "tanh", "tanh_", "to", "tostring", "transpose", "trunc", "trunc_", "uniform_", "unsqueeze",
+    "var", "view", "view_as", "zero_", "zeros_like"};
 static char g_gate_op[48]; /* the op named by the last checked argument (a copy: names may live on a stack) */
 
 static int cmp_name(const void *k, const void *e) { return strcmp((const char *)k, *(const char *const *)e); }

@@ -191,11 +191,9 @@ ml_err ml_cuda_reduce(int kind, int kd, int ndim, const int64_t *shape, const bo
                       const ml_cuda_opnd *in, const ml_cuda_opnd *idx) {
     (void)kd;
     int64_t oshape[ML_MAX_DIMS], rshape[ML_MAX_DIMS];
-    int rdim = -1, nr = 0;
     for (int d = 0; d < ndim; d++) {
         oshape[d] = reduce[d] ? 1 : shape[d];
         rshape[d] = reduce[d] ? shape[d] : 1;
-        if (reduce[d]) { rdim = d; nr++; }
     }
     int64_t no = numel_of(ndim, oshape), nred = numel_of(ndim, rshape);
     for (int64_t o = 0; o < no; o++) {
@@ -213,13 +211,13 @@ ml_err ml_cuda_reduce(int kind, int kd, int ndim, const int64_t *shape, const bo
             else if (kind == 3) acc *= v;
             else if (r == 0 || (!isnan(acc) && (isnan(v) || (kind == 1 ? v > acc : v < acc)))) {
                 acc = v;
-                best = rdim >= 0 ? pos[rdim] : 0;
+                best = r; /* row-major over the reduced dims: the index along the one reduced dim, or flat */
             }
         }
         int64_t ooff = out->off;
         for (int d = 0; d < ndim; d++) ooff += base[d] * out->st[d];
         ml_store_elem(host(out->base), (ml_dtype)out->dtype, ooff, acc);
-        if (idx && nr == 1) {
+        if (idx) {
             int64_t ioff = idx->off;
             for (int d = 0; d < ndim; d++) ioff += base[d] * idx->st[d];
             ml_store_elem(host(idx->base), ML_I64, ioff, (double)best);

@@ -177,6 +177,24 @@ T.case("pad on the device: constant, replicate, reflect, negative pads; gradient
   end
 end)
 
+T.case("argmax/argmin and max/min with indices on the device: first index of ties, NaN, flat", function()
+  medlua.manual_seed(20)
+  local x = medlua.randn({4, 5, 6})
+  x:set(0, 1, 2, 3); x:set(0, 1, 3, 3) -- ties along dim 1 after rounding below
+  local r = (x * 2):round()
+  local d = r:cuda()
+  T.ok(d:argmax(1):cpu():equal(r:argmax(1)), "argmax dim")
+  T.ok(d:argmin(2, true):cpu():equal(r:argmin(2, true)), "argmin keepdim")
+  T.ok(d:argmax():cpu():equal(r:argmax()), "argmax flat")
+  local vd, id = d:max(0)
+  local vc, ic = r:max(0)
+  T.ok(vd:cpu():equal(vc) and id:cpu():equal(ic), "max with indices")
+  local n = medlua.tensor({{1, 0 / 0, 3}, {2, 5, 1}})
+  T.ok(n:cuda():argmax(1):cpu():equal(n:argmax(1)), "NaN wins, as on the CPU")
+  local g = medlua.randn({3, 4}):cuda(); g.requires_grad = true
+  T.raises(function() g:max(1) end, "not differentiable on cuda")
+end)
+
 T.case("matmul, mm, bmm on the device (cuBLAS)", function()
   medlua.manual_seed(5)
   local cases = {{{5, 7}, {7, 3}}, {{2, 5, 7}, {7, 4}}, {{2, 5, 7}, {2, 7, 4}}, {{3, 1, 4, 6}, {2, 6, 5}},
@@ -428,7 +446,7 @@ T.case("ops without a device path are refused by name; devices do not mix", func
   T.raises(function() F.interpolate(d, {scale_factor = 2}) end, "not implemented for cuda:0 tensors yet")
   T.raises(function() d:index_select(0, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
   T.raises(function() d:cumsum(1) end, "not implemented for cuda")
-  T.raises(function() d:argmax(1) end, "not implemented for cuda")
+  T.raises(function() d:index_select(1, medlua.tensor({0}, {dtype = "int64"})) end, "not implemented for cuda")
   T.raises(function() local _ = d + medlua.randn({2, 3, 8, 8}) end, "one device")
   T.raises(function() d:matmul(medlua.randn({8, 2})) end, "cuda:0")
   T.raises(function() medlua.save("/tmp/medlua_gpu_test.safetensors", {x = d}) end, "move it with :cpu")
