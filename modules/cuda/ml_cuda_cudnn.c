@@ -739,6 +739,22 @@ static ml_err handle_get(int dev, const callctx *c, cudnnHandle_t *h) {
     return e;
 }
 
+/* the device exists and cuDNN is loaded (ML_ERR_DEVICE naming the op and why not) */
+static ml_err device_ready(const char *name, int dev) {
+    if (!ml_cuda_available()) return ml_seterr(ML_ERR_DEVICE, "%s: CUDA not available: %s", name, ml_cuda_status());
+    if (dev < 0 || dev >= ml_cuda_device_count() || dev >= ML_CUDNN_MAX_DEV)
+        return ml_seterr(ML_ERR_DEVICE, "%s: no such device (%d CUDA device%s)", name, ml_cuda_device_count(),
+                         ml_cuda_device_count() == 1 ? "" : "s");
+    pthread_mutex_lock(&g_mu);
+    lib_load_locked();
+    bool ok = L.ok;
+    char why[sizeof L.why];
+    if (!ok) memcpy(why, L.why, sizeof why);
+    pthread_mutex_unlock(&g_mu);
+    if (!ok) return ml_seterr(ML_ERR_DEVICE, "%s: %s", name, why);
+    return ML_OK;
+}
+
 /* x, w, y: the x-, w- and y-shaped buffers; which one is written depends on op. */
 static ml_err conv_entry(int op, int kd, const ml_cuda_conv_desc *d, void *x, void *w, void *y, int dev) {
     if (!d) return ml_seterr(ML_ERR_ARG, "cuda conv %s: NULL descriptor", op_names[op]);
@@ -748,18 +764,7 @@ static ml_err conv_entry(int op, int kd, const ml_cuda_conv_desc *d, void *x, vo
     ctx_make(&c, op, kd, d, dev);
     ml_err e = check_desc(kd, d, &c);
     if (e) return e;
-    if (!ml_cuda_available()) return ml_seterr(ML_ERR_DEVICE, "%s: CUDA not available: %s", c.name, ml_cuda_status());
-    if (dev < 0 || dev >= ml_cuda_device_count() || dev >= ML_CUDNN_MAX_DEV)
-        return ml_seterr(ML_ERR_DEVICE, "%s: no such device (%d CUDA device%s)", c.name, ml_cuda_device_count(),
-                         ml_cuda_device_count() == 1 ? "" : "s");
-
-    pthread_mutex_lock(&g_mu);
-    lib_load_locked();
-    bool ok = L.ok;
-    char why[sizeof L.why];
-    if (!ok) memcpy(why, L.why, sizeof why);
-    pthread_mutex_unlock(&g_mu);
-    if (!ok) return ml_seterr(ML_ERR_DEVICE, "%s: %s", c.name, why);
+    if ((e = device_ready(c.name, dev))) return e;
 
     int nd = d->nsp + 2;
     int64_t nx = numel(nd, d->x), nw = numel(nd, d->w), ny = numel(nd, d->y);
@@ -1036,18 +1041,7 @@ static ml_err pool_entry(bool bwd, int kd, const ml_cuda_pool_desc *d, const voi
     pool_ctx_make(&c, bwd, kd, d, dev);
     ml_err e = pool_check_desc(kd, d, &c);
     if (e) return e;
-    if (!ml_cuda_available()) return ml_seterr(ML_ERR_DEVICE, "%s: CUDA not available: %s", c.name, ml_cuda_status());
-    if (dev < 0 || dev >= ml_cuda_device_count() || dev >= ML_CUDNN_MAX_DEV)
-        return ml_seterr(ML_ERR_DEVICE, "%s: no such device (%d CUDA device%s)", c.name, ml_cuda_device_count(),
-                         ml_cuda_device_count() == 1 ? "" : "s");
-
-    pthread_mutex_lock(&g_mu);
-    lib_load_locked();
-    bool ok = L.ok;
-    char why[sizeof L.why];
-    if (!ok) memcpy(why, L.why, sizeof why);
-    pthread_mutex_unlock(&g_mu);
-    if (!ok) return ml_seterr(ML_ERR_DEVICE, "%s: %s", c.name, why);
+    if ((e = device_ready(c.name, dev))) return e;
 
     int nd = d->nsp + 2;
     /* every spatial size is >= 1 here, so x and y are empty together (N = 0 or C = 0): nothing to do */
