@@ -66,6 +66,9 @@ typedef struct {
     double scalar;
 } ml_cuda_opnd;
 
+/* o describes tensor t broadcast to shape (the core's helper, in every build) */
+void ml_cuda_opnd_of(ml_cuda_opnd *o, const ml_tensor *t, int ndim, const int64_t *shape);
+
 /* The device twin of ml_ew.c's float_exec: ops[0] is the output (dtype kd, or bool for comparison
  * iops), ops[1..nops) the inputs (dtype kd, or scalars); iop is an ml_iop of ml_ew_internal.h,
  * evaluated with the same expressions (the ML_IOP_LIST table is compiled for host and device).

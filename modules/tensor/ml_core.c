@@ -568,7 +568,7 @@ ml_err ml_check_cpu(const char *op, const ml_tensor *t) {
                      ml_device_str(t->storage->device), ml_shape_str(t->ndim, t->shape));
 }
 
-static void cuda_opnd(ml_cuda_opnd *o, const ml_tensor *t, int ndim, const int64_t *shape) {
+void ml_cuda_opnd_of(ml_cuda_opnd *o, const ml_tensor *t, int ndim, const int64_t *shape) {
     memset(o, 0, sizeof *o);
     o->base = (char *)t->storage->data;
     o->dtype = t->dtype;
@@ -622,8 +622,8 @@ ml_err ml_copy_(ml_tensor *dst, const ml_tensor *src) {
             return ml_seterr(ML_ERR_SHAPE, "copy_: source %s does not broadcast to destination %s",
                              ml_shape_str(src->ndim, src->shape), ml_shape_str(dst->ndim, dst->shape));
     ml_cuda_opnd od, os;
-    cuda_opnd(&od, dst, dst->ndim, dst->shape);
-    cuda_opnd(&os, src, dst->ndim, dst->shape);
+    ml_cuda_opnd_of(&od, dst, dst->ndim, dst->shape);
+    ml_cuda_opnd_of(&os, src, dst->ndim, dst->shape);
     if ((e = ml_cuda_copy(dst->ndim, dst->shape, &od, &os))) return e;
     dst->storage->version++;
     return ML_OK;
@@ -683,7 +683,7 @@ ml_err ml_fill_(ml_tensor *t, double v) {
     ml_inplace_cut(t); /* the values no longer depend on t's history */
     if (ml_tensor_is_cuda(t)) {
         ml_cuda_opnd o;
-        cuda_opnd(&o, t, t->ndim, t->shape);
+        ml_cuda_opnd_of(&o, t, t->ndim, t->shape);
         ml_err e = ml_cuda_fill(t->ndim, t->shape, &o, v);
         if (!e) t->storage->version++;
         return e;

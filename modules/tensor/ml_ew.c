@@ -265,11 +265,6 @@ static ml_err ew_devices(const char *op, int n, ml_tensor *const *ts, ml_device 
     return ml_check_same_device(op, k, dense);
 }
 
-/* the device of a kernel's operands: the output's */
-static bool ops_on_cuda(int nops, const ew_opnd *ops) {
-    (void)nops;
-    return ops[0].dev != ML_CUDA_HOST;
-}
 
 /* ops[] -> the CUDA kernels' operands; a host operand with all-zero strides is passed as a scalar */
 static void ops_to_cuda(int nops, const ew_opnd *ops, ml_cuda_opnd *co) {
@@ -306,7 +301,7 @@ static int64_t shape_numel(int ndim, const int64_t *shape) {
  * On a CUDA output the same iop runs as ml_cuda_ew (the same expression table, compiled for the device). */
 static ml_err float_exec(int iop, ml_dtype kd, int ndim, const int64_t *shape, int nops, const ew_opnd *ops,
                          const double *params) {
-    if (ops_on_cuda(nops, ops)) {
+    if (ops[0].dev != ML_CUDA_HOST) { /* a kernel runs where its output is */
         ml_cuda_opnd co[ML_ITER_MAX_OPS];
         ops_to_cuda(nops, ops, co);
         return ml_cuda_ew(iop, kd, ndim, shape, nops, co, params);

@@ -519,14 +519,9 @@ static ml_err cuda_reduce(ml_tensor **out, ml_redop op, ml_tensor *a, const bool
     keep_shape(a->ndim, a->shape, red, ks);
     if ((e = ml_tensor_empty_on(&keep, ml_tensor_device(a), kd, a->ndim, ks))) goto done;
     {
-        ml_cuda_opnd o = {0}, in = {0};
-        o.base = keep->storage->data;
-        o.dtype = kd;
-        memcpy(o.st, keep->stride, sizeof o.st);
-        in.base = ac->storage->data;
-        in.dtype = kd;
-        in.off = ac->offset;
-        memcpy(in.st, ac->stride, sizeof in.st);
+        ml_cuda_opnd o, in;
+        ml_cuda_opnd_of(&o, keep, keep->ndim, keep->shape);
+        ml_cuda_opnd_of(&in, ac, ac->ndim, ac->shape);
         int kind = op == ML_RAMAX ? 1 : op == ML_RAMIN ? 2 : op == ML_RPROD ? 3 : 0;
         if ((e = ml_cuda_reduce(kind, kd, a->ndim, a->shape, red, &o, &in, NULL))) goto done;
     }
@@ -1009,17 +1004,10 @@ static ml_err device_argext(ml_tensor **values, ml_tensor **indices, ml_tensor *
     if (!e) e = ml_tensor_empty_on(&vk, ml_tensor_device(a), kd, a->ndim, ks);
     if (!e) e = ml_tensor_empty_on(&ixk, ml_tensor_device(a), ML_I64, a->ndim, ks);
     if (!e) {
-        ml_cuda_opnd o = {0}, in = {0}, ix = {0};
-        o.base = vk->storage->data;
-        o.dtype = kd;
-        memcpy(o.st, vk->stride, sizeof o.st);
-        ix.base = ixk->storage->data;
-        ix.dtype = ML_I64;
-        memcpy(ix.st, ixk->stride, sizeof ix.st);
-        in.base = ac->storage->data;
-        in.dtype = kd;
-        in.off = ac->offset;
-        memcpy(in.st, ac->stride, sizeof in.st);
+        ml_cuda_opnd o, in, ix;
+        ml_cuda_opnd_of(&o, vk, vk->ndim, vk->shape);
+        ml_cuda_opnd_of(&ix, ixk, ixk->ndim, ixk->shape);
+        ml_cuda_opnd_of(&in, ac, ac->ndim, ac->shape);
         e = ml_cuda_reduce(mx ? 1 : 2, kd, a->ndim, a->shape, red, &o, &in, &ix);
     }
     if (!e) e = ml_reshape(indices, ixk, ond, oshape);
