@@ -80,8 +80,8 @@ static void cuda_gate(lua_State *L, const ml_tensor *t, const char *fname) {
                    ml_shape_str(t->ndim, t->shape));
 }
 
-ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) {
-    ml_lua_box *b = ml_lua_tobox_raw(L, idx);
+/* argument idx of op fname: an open tensor that passes the CUDA gate, or a Lua error */
+static ml_tensor *checked_arg(lua_State *L, ml_lua_box *b, int idx, const char *fname) {
     if (!b) {
         luaL_error(L, "%s: argument #%d: expected a tensor, got %s", fname, idx, luaL_typename(L, idx));
         return NULL;
@@ -89,6 +89,10 @@ ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) 
     if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
     cuda_gate(L, b->t, fname);
     return b->t;
+}
+
+ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname) {
+    return checked_arg(L, ml_lua_tobox_raw(L, idx), idx, fname);
 }
 
 ml_tensor *ml_lua_totensor(lua_State *L, int idx) {
@@ -98,14 +102,7 @@ ml_tensor *ml_lua_totensor(lua_State *L, int idx) {
 }
 
 ml_tensor *ml_lua_check_tensor_fn(lua_State *L, int idx, const char *fname) {
-    ml_lua_box *b = ml_lua_tobox(L, idx);
-    if (!b) {
-        luaL_error(L, "%s: argument #%d: expected a tensor, got %s", fname, idx, luaL_typename(L, idx));
-        return NULL;
-    }
-    if (!b->t) luaL_error(L, "%s: argument #%d: tensor is closed", fname, idx);
-    cuda_gate(L, b->t, fname);
-    return b->t;
+    return checked_arg(L, ml_lua_tobox(L, idx), idx, fname);
 }
 
 ml_tensor *ml_lua_opt_tensor_fn(lua_State *L, int idx, const char *fname) {
