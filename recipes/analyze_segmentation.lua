@@ -71,11 +71,8 @@ local args = cli.parse(arg, {
 if args.threads > 0 then medlua.threads(math.tointeger(args.threads)) end
 
 local PROG = "analyze_segmentation"
-local function clean(msg) return (tostring(msg):gsub("^[^:\n]*%.lua:%d+: ", ""):match("^[^\n]*")) end
-local function die(msg)
-  io.stderr:write(PROG, ": ", clean(msg), "\n")
-  os.exit(1)
-end
+local function clean(msg) return cli.clean(msg, true) end
+local function die(msg) cli.die(PROG, msg, true) end
 local NAN = 0 / 0
 local okt, totalseg = pcall(require, "medlua.totalseg")
 if not okt then die("medlua.totalseg is not available: " .. clean(totalseg)) end
@@ -85,14 +82,7 @@ local function finite(x) return type(x) == "number" and x == x and x ~= math.hug
 -- ---------------------------------------------------------------------------------------- files
 local dirname, basename, join, exists, is_dir = path.dirname, path.basename, path.join, path.exists, path.is_dir
 local function q(p) return "'" .. p:gsub("'", "'\\''") .. "'" end
-local function split(s)
-  local out = {}
-  for p in tostring(s):gmatch("[^,]+") do
-    p = p:gsub("^%s+", ""):gsub("%s+$", "")
-    if p ~= "" then out[#out + 1] = p end
-  end
-  return out
-end
+local split = cli.split
 
 -- ---------------------------------------------------------------------------------------- options
 if args.run == "" then die("--run RUN is required (a training run folder with config.json and best.safetensors)") end

@@ -21,7 +21,7 @@ local args = cli.parse(arg, {
 local problems = {}
 local function problem(msg) problems[#problems + 1] = msg end
 local function line(label, value) print(string.format("%-22s %s", label .. ":", value)) end
-local function clean(msg) return (tostring(msg):gsub("^[^:\n]*%.lua:%d+: ", "")) end
+local clean = cli.clean
 
 -- where the repository is: the directory above this script (recipes/..)
 local dirname, join, is_dir = path.dirname, path.join, path.is_dir

@@ -42,10 +42,7 @@ local args = cli.parse(arg, {
   {"--series-uid", "", "DICOM: which series (default: the largest)"},
 })
 
-local function die(msg)
-  io.stderr:write("convert_medical_data: ", msg, "\n")
-  os.exit(1)
-end
+local function die(msg) cli.die("convert_medical_data", msg) end
 
 if not args.input or not args.output then die("need INPUT and OUTPUT (see --help)") end
 if args.axis ~= 0 and args.axis ~= 1 and args.axis ~= 2 then die("--axis must be 0, 1 or 2") end

@@ -45,11 +45,8 @@ local args = cli.parse(arg, {
 })
 
 local PROG = "explore_data"
-local function clean(msg) return (tostring(msg):gsub("^[^:\n]*%.lua:%d+: ", ""):match("^[^\n]*")) end
-local function die(msg)
-  io.stderr:write(PROG, ": ", clean(msg), "\n")
-  os.exit(1)
-end
+local function clean(msg) return cli.clean(msg, true) end
+local function die(msg) cli.die(PROG, msg, true) end
 
 -- ---------------------------------------------------------------------------------------- paths
 local dirname, basename, join, exists, is_dir, case_name = path.dirname, path.basename, path.join, path.exists, path.is_dir, path.case_name

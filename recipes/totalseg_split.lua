@@ -38,10 +38,7 @@ local args = cli.parse(arg, {
 })
 
 local t0 = medlua.clock()
-local function die(msg)
-  io.stderr:write("totalseg_split: ", (tostring(msg):gsub("^[^:]*%.lua:%d+: ", "")), "\n")
-  os.exit(1)
-end
+local function die(msg) cli.die("totalseg_split", msg) end
 local function try(f, ...)
   local r = table.pack(pcall(f, ...))
   if not r[1] then die(r[2]) end

@@ -93,9 +93,17 @@ function cli.parse(argv, spec)
   return args
 end
 
---- cli.die(prog, msg): print "prog: msg" (without a Lua "file.lua:N: " prefix) to stderr and exit 1
-function cli.die(prog, msg)
-  io.stderr:write(prog, ": ", (tostring(msg):gsub("^[^:]*%.lua:%d+: ", "")), "\n")
+--- cli.clean(msg, first_line): an error message without its Lua "file.lua:N: " prefix (and only its first
+--- line when first_line is true: a traceback or a long report stays out of a one-line message)
+function cli.clean(msg, first_line)
+  local m = tostring(msg):gsub("^[^:\n]*%.lua:%d+: ", "")
+  if first_line then m = m:match("^[^\n]*") end
+  return m
+end
+
+--- cli.die(prog, msg, first_line): print "prog: msg" (cleaned as cli.clean does) to stderr and exit 1
+function cli.die(prog, msg, first_line)
+  io.stderr:write(prog, ": ", cli.clean(msg, first_line), "\n")
   os.exit(1)
 end
 
