@@ -213,6 +213,22 @@ local function live_tensors()
   return m.mem().tensors
 end
 
+--- T.run_cmd(cmd) -> output (stdout and stderr), exit code: a command run as a user would (recipe smoke tests)
+function T.run_cmd(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return out, ok and 0 or code
+end
+
+--- T.tmpdir() -> a new empty folder under the system temporary directory
+function T.tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p '" .. d:gsub("'", "'\\''") .. "'"))
+  return d
+end
+
 function T.run()
   local filter = arg and arg[1]
   local passed, failed = 0, 0

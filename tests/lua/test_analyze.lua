@@ -21,23 +21,9 @@ local exe = arg[-1]
 local NAMES = {"liver", "kidney_left", "brain"}
 local VALUES = {5, 3, 90}
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p '" .. d .. "'")
-  return d
-end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local run = T.run_cmd
+local tmpdir = T.tmpdir
+local exists = require("medlua.path").exists
 local function is_dir(p)
   local f = io.open(p, "rb")
   if not f then return false end

@@ -34,11 +34,7 @@ local function readall(path)
   f:close()
   return s
 end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 
 local function inp(w)
   if w == "mr" then return {image = DP .. "mr_crop.nii.gz", label = DP .. "mrseg_crop.nii.gz"} end

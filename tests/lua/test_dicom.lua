@@ -17,11 +17,7 @@ local TMP = os.tmpname()
 os.remove(TMP)
 assert(os.execute("mkdir -p '" .. TMP .. "'"))
 local function tmp(name) return TMP .. "/" .. name end
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 local function listdir(d)
   local out, p = {}, io.popen("ls -A '" .. d .. "' 2>/dev/null")
   for l in p:lines() do out[#out + 1] = l end

@@ -15,11 +15,7 @@ os.remove(TMPDIR)
 assert(os.execute("mkdir -p '" .. TMPDIR .. "'"))
 local function tmp(name) return TMPDIR .. "/" .. name end
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 
 local function read_all(p)
   local f = assert(io.open(p, "rb"))

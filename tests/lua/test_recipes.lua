@@ -2,12 +2,7 @@
 local T = require "medlua.test"
 local exe = arg[-1]
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local run = T.run_cmd
 
 T.case("demo_train: loss falls, weights saved", function()
   local dir = os.tmpname()

@@ -6,19 +6,9 @@ local labelmap = require "medlua.labelmap"
 local json = require "medlua.json"
 local exe = arg[-1]
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local run = T.run_cmd
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p '" .. d .. "'")
-  return d
-end
+local tmpdir = T.tmpdir
 
 local SPEC = "vertebrae=26-50,spinal_cord=79"
 local CT, SEG = "data/samples/example_ct.nii.gz", "data/samples/example_seg_full_fast.nii.gz"

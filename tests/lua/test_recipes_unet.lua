@@ -5,12 +5,7 @@ local volume = require "medlua.volume"
 local json = require "medlua.json"
 local exe = arg[-1]
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local run = T.run_cmd
 
 local function tmpdir()
   local d = os.tmpname()
@@ -18,11 +13,7 @@ local function tmpdir()
   return d
 end
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 
 local TINY = "--roi 32 --channels 4,8,16 --strides 2,2 --num-res-units 1 --spacing 4 --batch-size 2 --workers 2 --quiet"
 local dir = tmpdir()

@@ -15,11 +15,7 @@ local function tmp(name)
   return p
 end
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 
 local function deep_eq(a, b)
   if type(a) ~= type(b) then return false end

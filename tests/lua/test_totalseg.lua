@@ -19,27 +19,13 @@ local LIDC = "../shared/data/ct_lidc0001"
 -- the structures of the DICOM subject written by the round-trip test (and trained on by the smoke run)
 local DCM_STRUCTS = "liver,spleen,stomach,pancreas,aorta,inferior_vena_cava,vertebrae_T*,rib_*,spinal_cord,autochthon_*"
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local run = T.run_cmd
 
 local function sh(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p " .. sh(d)))
-  return d
-end
+local tmpdir = T.tmpdir
 
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("medlua.path").exists
 
 local function ls_a(d) -- every name in a folder, hidden ones included
   local out = {}
