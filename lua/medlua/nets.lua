@@ -19,20 +19,7 @@ local F = medlua.F
 local nets = {}
 
 -- a module class that inherits nn.Module without registering itself in the nn table
-local function class(name)
-  local c = {}
-  c.__index = c
-  c.__name = name
-  c.__tostring = function(self) return self:repr() end
-  c.__call = function(self, ...) return self:forward(...) end
-  c.new = function(...)
-    local o = setmetatable({}, c)
-    o:_init_module()
-    o:init(...)
-    return o
-  end
-  return setmetatable(c, {__index = nn.Module, __call = function(_, ...) return c.new(...) end})
-end
+local function class(name) return nn.define(name, nn.Module) end
 nets._class = class
 
 -- ModuleList: children named 0, 1, 2, ... (PyTorch nn.ModuleList), no forward

@@ -7,7 +7,9 @@ local F = medlua.F
 local nn = {}
 
 -- ------------------------------------------------------------------ class helper
-local function class(name, parent)
+-- nn.define(name, parent): a module class inheriting parent (Name(...) and Name.new(...) construct);
+-- nn.class(name, parent) also registers it as nn[name]
+local function define(name, parent)
   local c = {}
   c.__index = c
   c.__name = name
@@ -19,8 +21,13 @@ local function class(name, parent)
     o:init(...)
     return o
   end
-  nn[name] = setmetatable(c, {__index = parent, __call = function(_, ...) return c.new(...) end})
-  return c
+  return setmetatable(c, {__index = parent, __call = function(_, ...) return c.new(...) end})
+end
+nn.define = define
+
+local function class(name, parent)
+  nn[name] = define(name, parent)
+  return nn[name]
 end
 nn.class = class
 
