@@ -78,6 +78,18 @@ local okt, totalseg = pcall(require, "medlua.totalseg")
 if not okt then die("medlua.totalseg is not available: " .. clean(totalseg)) end
 local function ts_msg(e) return (clean(e):gsub("^totalseg: ", "")) end
 local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
+-- per-structure summaries by mean Dice, best first (no Dice last), then by name
+local function ranked(summ)
+  local sorted = {}
+  for _, b in ipairs(summ) do sorted[#sorted + 1] = b end
+  table.sort(sorted, function(a, b)
+    local fa, fb = finite(a.dice_mean), finite(b.dice_mean)
+    if fa ~= fb then return fa end
+    if fa and a.dice_mean ~= b.dice_mean then return a.dice_mean > b.dice_mean end
+    return a.name < b.name
+  end)
+  return sorted
+end
 
 -- ---------------------------------------------------------------------------------------- files
 local dirname, basename, join, exists, is_dir = path.dirname, path.basename, path.join, path.exists, path.is_dir
@@ -749,14 +761,7 @@ local function bucket_color(d)
 end
 
 local function draw_ranking(path, summ)
-  local sorted = {}
-  for _, b in ipairs(summ) do sorted[#sorted + 1] = b end
-  table.sort(sorted, function(a, b)
-    local fa, fb = finite(a.dice_mean), finite(b.dice_mean)
-    if fa ~= fb then return fa end
-    if fa and a.dice_mean ~= b.dice_mean then return a.dice_mean > b.dice_mean end
-    return a.name < b.name
-  end)
+  local sorted = ranked(summ)
   local labels, means, sds, colors, s1, s2, s3 = {}, {}, {}, {}, {}, {}, {}
   for i, b in ipairs(sorted) do
     labels[i] = string.format("%s (n=%d)", b.name, b.present)
@@ -928,14 +933,7 @@ end
 local function f3(v) return finite(v) and string.format("%.3f", v) or "n/a" end
 local function f1(v) return finite(v) and string.format("%.1f", v) or "n/a" end
 local function pct(v) return finite(v) and string.format("%.0f%%", 100 * v) or "n/a" end
-local sorted = {}
-for _, b in ipairs(summ) do sorted[#sorted + 1] = b end
-table.sort(sorted, function(a, b)
-  local fa, fb = finite(a.dice_mean), finite(b.dice_mean)
-  if fa ~= fb then return fa end
-  if fa and a.dice_mean ~= b.dice_mean then return a.dice_mean > b.dice_mean end
-  return a.name < b.name
-end)
+local sorted = ranked(summ)
 local wn = 9
 for _, b in ipairs(sorted) do wn = math.max(wn, #b.name) end
 local fmt = "%-" .. wn .. "s %5s %5s %14s %6s %8s %6s %6s %6s %6s %10s"
