@@ -161,7 +161,7 @@ run: deps
 ifeq ($(CUDA),1)
   HOSTCHECK_BIN := $(BUILD)/tests/gpu_host_check
 endif
-$(BUILD)/tests/gpu_host_check: tests/gpu/host_check.cu $(BUILD)/libmedlua.a $(wildcard modules/cuda/*.cu modules/cuda/*.h)
+$(BUILD)/tests/gpu_host_check: tests/gpu/host_check.cu tests/gpu/check_common.h $(BUILD)/libmedlua.a $(wildcard modules/cuda/*.cu modules/cuda/*.h)
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -std=c++17 -Imodules -Imodules/tensor -Imodules/cuda -Xcompiler -fopenmp $< -o $@ \
 	  $(BUILD)/libmedlua.a $(filter-out -fopenmp,$(LDLIBS)) -Xcompiler -fopenmp -lgomp

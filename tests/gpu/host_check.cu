@@ -31,28 +31,7 @@ void ml_store_elem(void *base, ml_dtype dt, int64_t i, double v);
 double ml_load_elem(const void *base, ml_dtype dt, int64_t i);
 }
 
-static int g_pass, g_fail;
-#define CHECK(cond, ...)                                                                            \
-    do {                                                                                            \
-        if (!(cond)) {                                                                              \
-            if (fails_ < 10) { printf("  FAIL: " __VA_ARGS__); printf("\n"); }                      \
-            fails_++;                                                                               \
-        }                                                                                           \
-    } while (0)
-#define TEST_END(name)                                                                              \
-    do {                                                                                            \
-        if (fails_) { printf("FAIL %s (%d)\n", name, fails_); g_fail++; }                           \
-        else { printf("ok %s\n", name); g_pass++; }                                                 \
-    } while (0)
-
-static uint64_t g_rng = 88172645463325252ull;
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-static double rndu(void) { return (double)(rnd() >> 11) * (1.0 / 9007199254740992.0); }
+#include "check_common.h"
 
 static bool same_bits(double a, double b) { return memcmp(&a, &b, 8) == 0; }
 
@@ -167,22 +146,7 @@ static void test_iteration(void) {
 }
 
 /* ---------------------------------------------------------------- the op table */
-typedef double (*host_ap_fn)(double, double, double, double, double);
-template <class F>
-static double host_ap(double x, double y, double z, double p0, double p1) {
-    typedef typename F::in_t TT;
-    return (double)F::ap((TT)x, (TT)y, (TT)z, (TT)p0, (TT)p1);
-}
-static const host_ap_fn host_f32[ML_NIOPS] = {
-#define HC_F32_(name, ar, ob, expr) host_ap<name##_f32>,
-    ML_IOP_LIST(HC_F32_)
-#undef HC_F32_
-};
-static const host_ap_fn host_f64[ML_NIOPS] = {
-#define HC_F64_(name, ar, ob, expr) host_ap<name##_f64>,
-    ML_IOP_LIST(HC_F64_)
-#undef HC_F64_
-};
+/* host_f32 / host_f64: check_common.h */
 
 static void test_table(void) {
     int fails_ = 0, inexact = 0;

@@ -39,34 +39,14 @@ void kc_cuda_free(void *p, int) {
 }
 }
 
-static int g_pass, g_fail;
-#define CHECK(cond, ...)                                                                            \
-    do {                                                                                            \
-        if (!(cond)) {                                                                              \
-            if (fails_ < 10) { printf("  FAIL: " __VA_ARGS__); printf("\n"); }                      \
-            fails_++;                                                                               \
-        }                                                                                           \
-    } while (0)
-#define TEST_END(name)                                                                              \
-    do {                                                                                            \
-        if (fails_) { printf("FAIL %s (%d)\n", name, fails_); g_fail++; }                           \
-        else { printf("ok %s\n", name); g_pass++; }                                                 \
-        fflush(stdout);                                                                             \
-    } while (0)
+#define CHECK_SEED 0x9E3779B97F4A7C15ull
+#include "check_common.h"
 #define CK(call)                                                                                    \
     do {                                                                                            \
         ml_err e_ = (call);                                                                         \
         CHECK(!e_, "%s: %s", #call, ml_errmsg());                                                   \
     } while (0)
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-static double rndu(void) { return (double)(rnd() >> 11) * (1.0 / 9007199254740992.0); }
 
 static void *dalloc(size_t n) {
     void *p = NULL;
@@ -90,22 +70,7 @@ static ml_cuda_opnd opnd(void *base, int dt, int64_t off, int nd, const int64_t 
 }
 
 /* ------------------------------------------------------------------ ew */
-typedef double (*host_ap_fn)(double, double, double, double, double);
-template <class F>
-static double host_ap(double x, double y, double z, double p0, double p1) {
-    typedef typename F::in_t TT;
-    return (double)F::ap((TT)x, (TT)y, (TT)z, (TT)p0, (TT)p1);
-}
-static const host_ap_fn host_f32[ML_NIOPS] = {
-#define KC_F32_(name, ar, ob, expr) host_ap<name##_f32>,
-    ML_IOP_LIST(KC_F32_)
-#undef KC_F32_
-};
-static const host_ap_fn host_f64[ML_NIOPS] = {
-#define KC_F64_(name, ar, ob, expr) host_ap<name##_f64>,
-    ML_IOP_LIST(KC_F64_)
-#undef KC_F64_
-};
+/* host_f32 / host_f64: check_common.h */
 
 static void test_ew(void) {
     int fails_ = 0;
