@@ -4,6 +4,7 @@
  * only for tensors on a device (ml_act.c / ml_norm.c call them), and tests/gpu compares them with the
  * CPU kernels. */
 #include "ml_nn_composite.h"
+#include "../tensor/ml_iter.h" /* ml_store_elem */
 
 #include <stdlib.h>
 #include <string.h>

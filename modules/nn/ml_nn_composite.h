@@ -4,7 +4,6 @@
 #define ML_NN_COMPOSITE_H
 
 #include "../tensor/ml_tensor.h"
-#include "../tensor/ml_iter.h"
 #include "ml_nn.h"
 
 enum { ML_NORM_BATCH = 0, ML_NORM_INSTANCE = 1, ML_NORM_GROUP = 2 };

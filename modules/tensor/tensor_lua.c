@@ -68,13 +68,14 @@ static char g_gate_op[48]; /* the op named by the last checked argument (a copy:
 
 static int cmp_name(const void *k, const void *e) { return strcmp((const char *)k, *(const char *const *)e); }
 
-bool ml_lua_cuda_op(const char *fname) {
+/* true when the binding named fname has a CUDA path */
+static bool cuda_op(const char *fname) {
     return fname && bsearch(fname, cuda_ops, sizeof cuda_ops / sizeof *cuda_ops, sizeof *cuda_ops, cmp_name);
 }
 
 static void cuda_gate(lua_State *L, const ml_tensor *t, const char *fname) {
     if (fname) snprintf(g_gate_op, sizeof g_gate_op, "%s", fname);
-    if (t && ml_tensor_is_cuda(t) && !ml_lua_cuda_op(g_gate_op))
+    if (t && ml_tensor_is_cuda(t) && !cuda_op(g_gate_op))
         luaL_error(L, "%s: not implemented for %s tensors yet (shape %s); move the tensor with :cpu()",
                    g_gate_op[0] ? g_gate_op : "this op", ml_device_str(t->storage->device),
                    ml_shape_str(t->ndim, t->shape));

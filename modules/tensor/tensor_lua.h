@@ -46,8 +46,6 @@ ml_tensor *ml_lua_check_tensor_any_fn(lua_State *L, int idx, const char *fname);
 ml_tensor *ml_lua_totensor(lua_State *L, int idx);
 /* "cpu", "cuda", "cuda:N" -> a device; a Lua error naming fname when unknown or not available */
 ml_device ml_lua_check_device(lua_State *L, const char *s, const char *fname);
-/* true when the binding named fname has a CUDA path (the gate every tensor argument passes) */
-bool ml_lua_cuda_op(const char *fname);
 /* pushes the medlua.cuda table (modules/cuda/cuda_lua.c) */
 void ml_lua_open_cuda(lua_State *L);
 
