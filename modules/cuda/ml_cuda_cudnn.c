@@ -304,24 +304,32 @@ static void descs_destroy(descs *D) {
     memset(D, 0, sizeof *D);
 }
 
+/* dense x and y tensor descriptors of dtype dt (dims nb, xd / yd); *fn names the call that failed */
+static cudnnStatus_t xy_descs(cudnnTensorDescriptor_t *tx, cudnnTensorDescriptor_t *ty, cudnnDataType_t dt, int nb,
+                              const int *xd, const int *yd, const char **fn) {
+    int sx[5], sy[5];
+    dense_strides(nb, xd, sx);
+    dense_strides(nb, yd, sy);
+    cudnnStatus_t s;
+    *fn = "cudnnCreateTensorDescriptor";
+    if ((s = L.cudnnCreateTensorDescriptor(tx)) != CUDNN_STATUS_SUCCESS) return s;
+    if ((s = L.cudnnCreateTensorDescriptor(ty)) != CUDNN_STATUS_SUCCESS) return s;
+    *fn = "cudnnSetTensorNdDescriptor (x)";
+    if ((s = L.cudnnSetTensorNdDescriptor(*tx, dt, nb, xd, sx)) != CUDNN_STATUS_SUCCESS) return s;
+    *fn = "cudnnSetTensorNdDescriptor (y)";
+    return L.cudnnSetTensorNdDescriptor(*ty, dt, nb, yd, sy);
+}
+
 /* On failure the descriptors made so far are destroyed and the error is set. */
 static ml_err descs_make(descs *D, const geom *g, int groups, const callctx *c) {
     memset(D, 0, sizeof *D);
-    int sx[5], sy[5];
-    dense_strides(g->nb, g->xd, sx);
-    dense_strides(g->nb, g->yd, sy);
-    cudnnStatus_t s;
-    const char *fn = "cudnnCreateTensorDescriptor";
-    if ((s = L.cudnnCreateTensorDescriptor(&D->tx)) != CUDNN_STATUS_SUCCESS) goto fail;
-    if ((s = L.cudnnCreateTensorDescriptor(&D->ty)) != CUDNN_STATUS_SUCCESS) goto fail;
+    const char *fn;
+    cudnnStatus_t s = xy_descs(&D->tx, &D->ty, g->dt, g->nb, g->xd, g->yd, &fn);
+    if (s != CUDNN_STATUS_SUCCESS) goto fail;
     fn = "cudnnCreateFilterDescriptor";
     if ((s = L.cudnnCreateFilterDescriptor(&D->fw)) != CUDNN_STATUS_SUCCESS) goto fail;
     fn = "cudnnCreateConvolutionDescriptor";
     if ((s = L.cudnnCreateConvolutionDescriptor(&D->cv)) != CUDNN_STATUS_SUCCESS) goto fail;
-    fn = "cudnnSetTensorNdDescriptor (x)";
-    if ((s = L.cudnnSetTensorNdDescriptor(D->tx, g->dt, g->nb, g->xd, sx)) != CUDNN_STATUS_SUCCESS) goto fail;
-    fn = "cudnnSetTensorNdDescriptor (y)";
-    if ((s = L.cudnnSetTensorNdDescriptor(D->ty, g->dt, g->nb, g->yd, sy)) != CUDNN_STATUS_SUCCESS) goto fail;
     fn = "cudnnSetFilterNdDescriptor";
     if ((s = L.cudnnSetFilterNdDescriptor(D->fw, g->dt, CUDNN_TENSOR_NCHW, g->nb, g->wd)) != CUDNN_STATUS_SUCCESS)
         goto fail;
@@ -962,19 +970,11 @@ static void pdescs_destroy(pdescs *D) {
 /* On failure the descriptors made so far are destroyed and the error is set. */
 static ml_err pdescs_make(pdescs *D, const pgeom *g, const callctx *c) {
     memset(D, 0, sizeof *D);
-    int sx[5], sy[5];
-    dense_strides(g->nb, g->xd, sx);
-    dense_strides(g->nb, g->yd, sy);
-    cudnnStatus_t s;
-    const char *fn = "cudnnCreateTensorDescriptor";
-    if ((s = L.cudnnCreateTensorDescriptor(&D->tx)) != CUDNN_STATUS_SUCCESS) goto fail;
-    if ((s = L.cudnnCreateTensorDescriptor(&D->ty)) != CUDNN_STATUS_SUCCESS) goto fail;
+    const char *fn;
+    cudnnStatus_t s = xy_descs(&D->tx, &D->ty, g->dt, g->nb, g->xd, g->yd, &fn);
+    if (s != CUDNN_STATUS_SUCCESS) goto fail;
     fn = "cudnnCreatePoolingDescriptor";
     if ((s = L.cudnnCreatePoolingDescriptor(&D->pl)) != CUDNN_STATUS_SUCCESS) goto fail;
-    fn = "cudnnSetTensorNdDescriptor (x)";
-    if ((s = L.cudnnSetTensorNdDescriptor(D->tx, g->dt, g->nb, g->xd, sx)) != CUDNN_STATUS_SUCCESS) goto fail;
-    fn = "cudnnSetTensorNdDescriptor (y)";
-    if ((s = L.cudnnSetTensorNdDescriptor(D->ty, g->dt, g->nb, g->yd, sy)) != CUDNN_STATUS_SUCCESS) goto fail;
     fn = "cudnnSetPoolingNdDescriptor";
     if ((s = L.cudnnSetPoolingNdDescriptor(D->pl, g->mode, g->nan, g->npool, g->win, g->pad, g->stride)) !=
         CUDNN_STATUS_SUCCESS)
