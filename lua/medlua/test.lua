@@ -221,6 +221,14 @@ function T.run_cmd(cmd)
   return out, ok and 0 or code
 end
 
+--- T.read_file(path) -> the file's bytes (raises naming the file when it cannot be read)
+function T.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 --- T.tmpdir() -> a new empty folder under the system temporary directory
 function T.tmpdir()
   local d = os.tmpname()

@@ -32,12 +32,7 @@ local function is_dir(p)
   return code == 21
 end
 local function listdir(p) local l = medlua._data.listdir(p); table.sort(l); return l end
-local function read(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = T.read_file
 
 -- CSV rows as tables keyed by the header
 local function read_csv(path)

@@ -36,12 +36,7 @@ local function ls_a(d) -- every name in a folder, hidden ones included
   return out
 end
 
-local function read(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = T.read_file
 
 local tbl = totalseg.read_table(TABLE)
 local ROOT = tmpdir() -- s0001 (example_ct) and s0002 (the DICOM sample), shared by later cases
