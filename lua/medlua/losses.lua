@@ -101,14 +101,12 @@ local function one_hot(op, target, n, dt)
     fail(op, "to_onehot_y needs a target of shape [N, 1, spatial...] with class indices, got %s", shape_str(target))
   end
   local lab = target:squeeze(1)
-  local dev = lab.device
-  if dev ~= "cpu" then lab = lab:cpu() end -- one_hot is a host kernel so far: labels in, one-hot back out
   if lab.dtype ~= "int64" then lab = lab:long() end
   local oh = lab:one_hot(n) -- [N, spatial..., n]
   local nd = oh:dim()
   local perm = {0, nd - 1}
   for d = 1, nd - 2 do perm[#perm + 1] = d end
-  return oh:permute(table.unpack(perm)):to({dtype = dt, device = dev})
+  return oh:permute(table.unpack(perm)):to(dt)
 end
 
 local function spatial_dims_list(nd, with_batch)

@@ -675,6 +675,52 @@ ml_err ml_stack(ml_tensor **out, int n, ml_tensor **ts, int dim) {
 }
 
 /* ================================================================ one_hot */
+/* the smallest negative label, else the largest one that does not fit */
+static ml_err one_hot_range_error(int64_t bad, int64_t num_classes, const ml_tensor *labels) {
+    if (bad < 0)
+        return ml_seterr(ML_ERR_ARG, "one_hot: class values must be non-negative, found %lld (labels shape %s)",
+                         (long long)bad, ml_shape_str(labels->ndim, labels->shape));
+    return ml_seterr(ML_ERR_ARG, "one_hot: class value %lld is out of range for num_classes %lld (labels shape %s)",
+                     (long long)bad, (long long)num_classes, ml_shape_str(labels->ndim, labels->shape));
+}
+
+/* one_hot on a device: the labels (exact in float64) compared with the class values, all on the device;
+ * the range check reads only their min and max */
+static ml_err device_one_hot(ml_tensor **out, ml_tensor *labels, int64_t num_classes, int d) {
+    ml_tensor *lf = NULL, *mx = NULL, *mn = NULL, *lu = NULL, *cls = NULL, *clsd = NULL, *clsv = NULL, *eq = NULL;
+    bool prev = ml_set_grad_enabled(false);
+    ml_err e = ml_to_dtype(&lf, labels, ML_F64);
+    int64_t n = e ? 0 : ml_tensor_numel(lf);
+    if (!e && n == 0 && num_classes < 0)
+        e = ml_seterr(ML_ERR_ARG, "one_hot: cannot infer the number of classes from an empty tensor");
+    if (!e && n > 0 && !(e = ml_reduce(&mx, ML_RAMAX, lf, 0, NULL, false)) &&
+        !(e = ml_reduce(&mn, ML_RAMIN, lf, 0, NULL, false))) {
+        double hi = ml_tensor_item(mx), lo = ml_tensor_item(mn);
+        if (lo < 0) e = one_hot_range_error((int64_t)lo, num_classes, labels);
+        else if (num_classes < 0) num_classes = (int64_t)hi + 1;
+        else if (hi >= (double)num_classes) e = one_hot_range_error((int64_t)hi, num_classes, labels);
+    }
+    if (!e) { /* classes [1, .., C at d, .., 1] against labels [.., 1 at d, ..] */
+        int64_t cs[ML_MAX_DIMS];
+        for (int i = 0; i <= labels->ndim; i++) cs[i] = i == d ? num_classes : 1;
+        if (!(e = ml_arange(&cls, ML_F64, 0, (double)num_classes, 1)) &&
+            !(e = ml_to_device(&clsd, cls, ml_tensor_device(labels))) &&
+            !(e = ml_reshape(&clsv, clsd, labels->ndim + 1, cs)) && !(e = ml_unsqueeze(&lu, lf, d)) &&
+            !(e = ml_binary(&eq, ML_EQ, lu, clsv)))
+            e = ml_to_dtype(out, eq, ML_I64);
+    }
+    ml_set_grad_enabled(prev);
+    ml_tensor_release(lf);
+    ml_tensor_release(mx);
+    ml_tensor_release(mn);
+    ml_tensor_release(lu);
+    ml_tensor_release(cls);
+    ml_tensor_release(clsd);
+    ml_tensor_release(clsv);
+    ml_tensor_release(eq);
+    return e;
+}
+
 ml_err ml_one_hot(ml_tensor **out, ml_tensor *labels, int64_t num_classes, int dim) {
     *out = NULL;
     ml_err e;
@@ -686,6 +732,7 @@ ml_err ml_one_hot(ml_tensor **out, ml_tensor *labels, int64_t num_classes, int d
     if (labels->ndim >= ML_MAX_DIMS) return ml_seterr(ML_ERR_DIM, "one_hot: labels already have %d dims", ML_MAX_DIMS);
     int d = ml_wrap_dim("one_hot", dim, labels->ndim + 1);
     if (d < 0) return ML_ERR_DIM;
+    if (ml_tensor_is_cuda(labels)) return device_one_hot(out, labels, num_classes, d);
     ml_tensor *lc;
     bool prev = ml_set_grad_enabled(false);
     e = ml_to_dtype(&lc, labels, ML_I64);
@@ -708,13 +755,15 @@ ml_err ml_one_hot(ml_tensor **out, ml_tensor *labels, int64_t num_classes, int d
         for (int64_t i = 1; i < n; i++) if (lab[i] > mx) mx = lab[i];
         num_classes = mx + 1;
     }
-    for (int64_t i = 0; i < n; i++)
-        if (lab[i] < 0 || lab[i] >= num_classes) {
-            long long bad = (long long)lab[i];
-            ml_tensor_release(lc);
-            return ml_seterr(ML_ERR_ARG, "one_hot: class value %lld is out of range [0, %lld) (labels shape %s)", bad,
-                             (long long)num_classes, ml_shape_str(labels->ndim, labels->shape));
-        }
+    int64_t lo = 0, hi = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (lab[i] < lo) lo = lab[i];
+        if (lab[i] > hi) hi = lab[i];
+    }
+    if (lo < 0 || hi >= num_classes) {
+        ml_tensor_release(lc);
+        return one_hot_range_error(lo < 0 ? lo : hi, num_classes, labels);
+    }
     int64_t shape[ML_MAX_DIMS], outer = 1, inner = 1;
     int on = 0;
     for (int i = 0; i <= labels->ndim; i++) {

@@ -57,13 +57,13 @@ static const char *const cuda_ops[] = {
     "item", "l1_loss", "layer_norm", "le", "leaky_relu", "linear", "log", "log1p", "log1p_", "log_", "log_softmax",
     "logical_and", "logical_not", "logical_or", "logical_xor", "logsumexp", "long", "lt", "matmul", "max",
     "max_pool1d", "max_pool2d", "max_pool3d", "maximum", "maximum_", "mean", "min", "minimum", "minimum_", "mm",
-    "mse_loss", "mul", "mul_", "narrow", "ne", "neg", "neg_", "nelement", "norm", "normal_", "numel", "ones_like",
-    "pad", "permute", "pow", "pow_", "prelu", "prod", "rand_like", "randn_like", "reciprocal", "reciprocal_", "relu",
-    "relu_", "requires_grad_", "reshape", "retain_grad", "round", "round_", "rsqrt", "rsqrt_", "select", "sigmoid",
-    "sigmoid_", "sign", "sign_", "silu", "silu_", "sin", "sin_", "size", "slice", "softmax", "softplus", "softplus_",
-    "sqrt", "sqrt_", "square", "square_", "squeeze", "stack", "std", "storage_offset", "stride", "sub", "sub_", "sum",
-    "t", "tan", "tan_", "tanh", "tanh_", "to", "tostring", "transpose", "trunc", "trunc_", "uniform_", "unsqueeze",
-    "var", "view", "view_as", "zero_", "zeros_like"};
+    "mse_loss", "mul", "mul_", "narrow", "ne", "neg", "neg_", "nelement", "norm", "normal_", "numel", "one_hot",
+    "ones_like", "pad", "permute", "pow", "pow_", "prelu", "prod", "rand_like", "randn_like", "reciprocal",
+    "reciprocal_", "relu", "relu_", "requires_grad_", "reshape", "retain_grad", "round", "round_", "rsqrt", "rsqrt_",
+    "select", "sigmoid", "sigmoid_", "sign", "sign_", "silu", "silu_", "sin", "sin_", "size", "slice", "softmax",
+    "softplus", "softplus_", "sqrt", "sqrt_", "square", "square_", "squeeze", "stack", "std", "storage_offset",
+    "stride", "sub", "sub_", "sum", "t", "tan", "tan_", "tanh", "tanh_", "to", "tostring", "transpose", "trunc",
+    "trunc_", "uniform_", "unsqueeze", "var", "view", "view_as", "zero_", "zeros_like"};
 static char g_gate_op[48]; /* the op named by the last checked argument (a copy: names may live on a stack) */
 
 static int cmp_name(const void *k, const void *e) { return strcmp((const char *)k, *(const char *const *)e); }

@@ -1049,23 +1049,9 @@ static int m_one_hot(lua_State *L) {
     if (t->ndim >= ML_MAX_DIMS)
         return luaL_error(L, "%s: labels of shape %s already have %d dims", fname, ml_shape_str(t->ndim, t->shape), ML_MAX_DIMS);
     int64_t n = ml_lua_opt_int(L, 2, -1, fname, "num_classes");
+    if (n < -1) return luaL_error(L, "%s: num_classes must be -1 (infer) or positive, got %I", fname, (lua_Integer)n);
     check_plain(L, t, fname);
-    int64_t numel = ml_tensor_numel(t), idx[ML_MAX_DIMS] = {0}, mx = -1;
-    for (int64_t k = 0; k < numel; k++) {
-        int64_t v = ml_lua_read_i(t, ml_lua_elem_offset(t, idx));
-        if (v < 0) return luaL_error(L, "%s: class values must be non-negative, found %I", fname, (lua_Integer)v);
-        if (v > mx) mx = v;
-        for (int d = t->ndim - 1; d >= 0; d--) {
-            if (++idx[d] < t->shape[d]) break;
-            idx[d] = 0;
-        }
-    }
-    if (n < 0) {
-        if (n != -1) return luaL_error(L, "%s: num_classes must be -1 (infer) or positive, got %I", fname, (lua_Integer)n);
-        n = mx + 1;
-    } else if (mx >= n) {
-        return luaL_error(L, "%s: class value %I is out of range for num_classes %I", fname, (lua_Integer)mx, (lua_Integer)n);
-    }
+    /* the class values are checked (and the count inferred) once, by ml_one_hot, on any device */
     ml_tensor **slot = ml_lua_newbox(L);
     return done(L, fname, ml_one_hot(slot, t, n, t->ndim));
 }

@@ -197,6 +197,16 @@ T.case("argmax/argmin and max/min with indices on the device: first index of tie
   T.raises(function() g:max(1) end, "not differentiable on cuda")
 end)
 
+T.case("one_hot on the device: classes given or inferred, any dim, out-of-range labels refused", function()
+  local lab = medlua.tensor({{0, 2, 1}, {3, 0, 2}}, {dtype = "int64"})
+  local d = lab:cuda()
+  T.ok(d:one_hot(5):cpu():equal(lab:one_hot(5)), "classes given")
+  T.ok(d:one_hot():cpu():equal(lab:one_hot()), "classes inferred")
+  T.eq(d:one_hot(4).dtype, "int64")
+  T.raises(function() d:one_hot(3) end, "class value 3 is out of range for num_classes 3")
+  T.raises(function() medlua.tensor({0, -1}, {dtype = "int64"}):cuda():one_hot(3) end, "must be non%-negative, found %-1")
+end)
+
 T.case("matmul, mm, bmm on the device (cuBLAS)", function()
   medlua.manual_seed(5)
   local cases = {{{5, 7}, {7, 3}}, {{2, 5, 7}, {7, 4}}, {{2, 5, 7}, {2, 7, 4}}, {{3, 1, 4, 6}, {2, 6, 5}},
